@@ -1,0 +1,55 @@
+"""Profile rs-sdf training steps on a Blender scene with torch.profiler: where does a step's time go?
+
+    python benchmarks/profile_step.py --data ../shared/data/lego_200 --warmup 30 --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from rs_nerfstudio.config import rs_sdf_trainer_config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/lego_200"))
+    parser.add_argument("--warmup", type=int, default=30, help="steps before profiling")
+    parser.add_argument("--steps", type=int, default=10, help="steps profiled")
+    parser.add_argument("--rows", type=int, default=25)
+    args = parser.parse_args()
+
+    config = rs_sdf_trainer_config()
+    config.pipeline.datamanager.data = args.data
+    config.machine.device_type = "cpu"
+    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    optimizers = config.optimizers
+    from nerfstudio.engine.optimizers import Optimizers
+
+    opt = Optimizers(optimizers, pipeline.get_param_groups())
+    model = pipeline.model
+
+    def step(i: int) -> None:
+        model.update_to_step(i)
+        opt.zero_grad_all()
+        _, loss_dict, _ = pipeline.get_train_loss_dict(i)
+        sum(loss_dict.values()).backward()
+        opt.optimizer_step_all()
+        opt.scheduler_step_all(i)
+
+    for i in range(args.warmup):
+        step(i)
+    start = time.perf_counter()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for i in range(args.warmup, args.warmup + args.steps):
+            step(i)
+    elapsed = (time.perf_counter() - start) / args.steps
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=args.rows))
+    print(f"{elapsed * 1000:.1f} ms/step (profiled), {4096 / elapsed:.0f} rays/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""rs_nerfstudio: randomized smoothing as a signed distance function, a nerfstudio method (rs-sdf)."""

@@ -1,0 +1,68 @@
+"""The rs-sdf method's configuration: nerfstudio's trainer, pipeline and optimizers, with our model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+
+from rs_nerfstudio.model import RSSDFModelConfig
+from rs_nerfstudio.schedulers import ExponentialDecaySchedulerConfig
+
+DEFAULT_MAX_STEPS = 5000
+
+
+@dataclass
+class RSSDFTrainerConfig(TrainerConfig):
+    """nerfstudio's trainer config, which checks the inputs before the run folder is written."""
+
+    def save_config(self) -> None:
+        from rs_nerfstudio.validation import check_training_inputs
+
+        check_training_inputs(self)
+        super().save_config()
+
+
+def rs_sdf_trainer_config(max_steps: int = DEFAULT_MAX_STEPS) -> RSSDFTrainerConfig:
+    """Defaults for Blender-synthetic scenes (white background, the [-1.5, 1.5]^3 box); CUDA if present, else CPU."""
+    decay = dict(max_steps=max_steps)
+    return RSSDFTrainerConfig(
+        method_name="rs-sdf",
+        steps_per_eval_batch=500,
+        steps_per_eval_image=500,
+        steps_per_eval_all_images=1_000_000,
+        steps_per_save=1000,
+        max_num_iterations=max_steps,
+        mixed_precision=False,
+        machine=MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu"),
+        pipeline=VanillaPipelineConfig(
+            datamanager=VanillaDataManagerConfig(
+                dataparser=BlenderDataParserConfig(),
+                train_num_rays_per_batch=4096,
+                eval_num_rays_per_batch=4096,
+            ),
+            model=RSSDFModelConfig(eval_num_rays_per_chunk=1 << 13),
+        ),
+        optimizers={
+            "geometry": {
+                "optimizer": AdamOptimizerConfig(lr=0.1, eps=1e-15),
+                "scheduler": ExponentialDecaySchedulerConfig(lr_final=0.01, **decay),
+            },
+            "appearance": {
+                "optimizer": AdamOptimizerConfig(lr=0.1, eps=1e-15),
+                "scheduler": ExponentialDecaySchedulerConfig(lr_final=0.01, **decay),
+            },
+            "colour_mlp": {
+                "optimizer": AdamOptimizerConfig(lr=3e-3, eps=1e-15),
+                "scheduler": ExponentialDecaySchedulerConfig(lr_final=3e-4, **decay),
+            },
+        },
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 13),
+        vis="viewer",
+    )

@@ -1,0 +1,173 @@
+"""The rs-sdf field: a smoothed occupancy grid for geometry, a feature grid and a tiny MLP for colour.
+
+Geometry is one learnable dense grid of logits; its sigmoid is the base occupancy classifier f_theta. Randomized
+smoothing blurs it into f_hat, from which everything else follows per sample (:mod:`rs_nerfstudio.sdf`): the weak
+SDF, the occupancy G and the density. Colour comes from a low-resolution feature grid and a small MLP that also
+sees the view direction: both are cheap on a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+from jaxtyping import Float
+from nerfstudio.cameras.rays import RaySamples
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.fields.base_field import Field
+from nerfstudio.utils.math import components_from_spherical_harmonics
+from torch import Tensor, nn
+
+from rs_nerfstudio import grid as grids
+from rs_nerfstudio.sdf import density_from_occupancy, occupancy, weak_sdf
+from rs_nerfstudio.smoothing import gaussian_blur_3d
+
+
+class RSSDFField(Field):
+    """Randomized-smoothing SDF field over an axis-aligned scene box.
+
+    Args:
+        aabb: scene box, ``[[xmin, ymin, zmin], [xmax, ymax, zmax]]``.
+        resolution: geometry voxels along the box's longest side.
+        sigma: smoothing noise level, in scene units.
+        steepness: alpha of G = sigmoid(alpha (f_hat - 1/2)).
+        density_eps: epsilon of the density activation.
+        initial_occupancy: base occupancy everywhere at the start (a faint fog that gradients can shape).
+        appearance_resolution: colour-feature voxels along the longest side.
+        appearance_dim: colour features per voxel.
+        hidden_dim: width of the colour MLP.
+        sh_levels: spherical-harmonic levels of the view-direction encoding (0 = view-independent colour).
+    """
+
+    def __init__(
+        self,
+        aabb: Float[Tensor, "2 3"],
+        resolution: int = 128,
+        sigma: float = 0.02,
+        steepness: float = 40.0,
+        density_eps: float = 1e-3,
+        initial_occupancy: float = 0.1,
+        appearance_resolution: int = 96,
+        appearance_dim: int = 12,
+        hidden_dim: int = 64,
+        sh_levels: int = 3,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("aabb", aabb.detach().clone().float())
+        self.grid_shape = grids.grid_shape_for_box(self.aabb, resolution)
+        self.register_buffer("voxel", grids.voxel_size(self.aabb, self.grid_shape))
+        self.sigma = float(sigma)
+        self.steepness = float(steepness)
+        self.density_eps = float(density_eps)
+        init_logit = math.log(initial_occupancy / (1.0 - initial_occupancy))
+        self.base_logits = nn.Parameter(torch.full(self.grid_shape, init_logit))
+
+        self.appearance_shape = grids.grid_shape_for_box(self.aabb, appearance_resolution)
+        self.features = nn.Parameter(0.1 * torch.randn(*self.appearance_shape, appearance_dim))
+        self.sh_levels = sh_levels
+        self.colour_mlp = nn.Sequential(
+            nn.Linear(appearance_dim + sh_levels**2, hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, 3),
+        )
+        self._smoothed_cache: Optional[Tuple[Tuple, Tensor]] = None
+
+    # ----- geometry -------------------------------------------------------------------------------------------
+    @property
+    def voxel_length(self) -> float:
+        """The smallest voxel side, in scene units."""
+        return float(self.voxel.min())
+
+    @property
+    def density_scale(self) -> float:
+        """Density per unit length: 1 / voxel, so a voxel-long segment has opacity ~ G."""
+        return 1.0 / self.voxel_length
+
+    def sigma_voxels(self, sigma: Optional[float] = None) -> Tuple[float, float, float]:
+        """sigma in voxels along (D, H, W) = (z, y, x)."""
+        sigma = self.sigma if sigma is None else sigma
+        return tuple(float(sigma / v) for v in self.voxel.flip(0))  # type: ignore[return-value]
+
+    def base_occupancy_grid(self) -> Float[Tensor, "D H W"]:
+        """f_theta on the voxel centres, in [0, 1]."""
+        return torch.sigmoid(self.base_logits)
+
+    def smoothed_occupancy_grid(self, sigma: Optional[float] = None) -> Float[Tensor, "D H W"]:
+        """f_hat = f_theta * N(0, sigma^2 I) on the voxel centres.
+
+        Recomputed whenever gradients flow (training); otherwise cached until the parameters or sigma change, so the
+        viewer and evaluation blur once.
+        """
+        sigma = self.sigma if sigma is None else float(sigma)
+        if torch.is_grad_enabled() and self.base_logits.requires_grad:
+            return gaussian_blur_3d(self.base_occupancy_grid(), self.sigma_voxels(sigma))
+        key = (self.base_logits._version, self.base_logits.data_ptr(), self.base_logits.device, sigma)
+        if self._smoothed_cache is None or self._smoothed_cache[0] != key:
+            with torch.no_grad():
+                smoothed = gaussian_blur_3d(self.base_occupancy_grid(), self.sigma_voxels(sigma))
+            self._smoothed_cache = (key, smoothed)
+        return self._smoothed_cache[1]
+
+    def base_occupancy(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N"]:
+        """The base classifier f_theta at world points (trilinear; 0 outside the box)."""
+        return grids.interpolate(self.base_occupancy_grid()[..., None], points, self.aabb)[:, 0]
+
+    def smoothed_occupancy(
+        self, points: Float[Tensor, "N 3"], smoothed_grid: Optional[Tensor] = None
+    ) -> Float[Tensor, "N"]:
+        """f_hat at world points, interpolated from the smoothed grid."""
+        grid = self.smoothed_occupancy_grid() if smoothed_grid is None else smoothed_grid
+        return grids.interpolate(grid[..., None], points, self.aabb)[:, 0]
+
+    def weak_sdf(self, points: Float[Tensor, "N 3"], smoothed_grid: Optional[Tensor] = None) -> Float[Tensor, "N"]:
+        """sigma * Phi^-1(1 - f_hat): the certified distance to the surface, positive outside."""
+        return weak_sdf(self.smoothed_occupancy(points, smoothed_grid), self.sigma)
+
+    def occupancy_from_smoothed(self, smoothed: Tensor) -> Tensor:
+        """G = sigmoid(alpha (f_hat - 1/2))."""
+        return occupancy(smoothed, self.steepness)
+
+    def density_from_smoothed(self, smoothed: Tensor) -> Tensor:
+        """Volume density from f_hat, through G."""
+        return density_from_occupancy(self.occupancy_from_smoothed(smoothed), self.density_scale, self.density_eps)
+
+    def forward_geonetwork(self, points: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch 1"]:
+        """The weak SDF in column 0, as nerfstudio's SDF tools (``ns-export marching-cubes``) expect."""
+        flat = points.reshape(-1, 3).to(self.aabb.device, torch.float32)
+        return self.weak_sdf(flat).reshape(*points.shape[:-1], 1)
+
+    def sdf_gradient(self, points: Float[Tensor, "N 3"], smoothed_grid: Optional[Tensor] = None) -> Tensor:
+        """Gradient of the weak SDF by central differences of half a voxel (no autograd graph needed)."""
+        grid = self.smoothed_occupancy_grid() if smoothed_grid is None else smoothed_grid
+        offsets = torch.diag(self.voxel) * 0.5
+        probes = torch.cat([points + offsets[i] for i in range(3)] + [points - offsets[i] for i in range(3)])
+        values = weak_sdf(grids.interpolate(grid[..., None], probes, self.aabb)[:, 0], self.sigma).reshape(6, -1)
+        return ((values[:3] - values[3:]) / self.voxel[:, None]).T
+
+    # ----- appearance -----------------------------------------------------------------------------------------
+    def colour(self, points: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
+        """RGB in [0, 1] from the feature grid and the view direction."""
+        features = grids.interpolate(self.features, points, self.aabb)
+        if self.sh_levels > 0:
+            features = torch.cat([features, components_from_spherical_harmonics(self.sh_levels, directions)], -1)
+        return torch.sigmoid(self.colour_mlp(features))
+
+    # ----- nerfstudio's Field interface ------------------------------------------------------------------------
+    def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:
+        positions = ray_samples.frustums.get_positions()
+        smoothed = self.smoothed_occupancy(positions.reshape(-1, 3)).reshape(*positions.shape[:-1], 1)
+        return self.density_from_smoothed(smoothed), smoothed
+
+    def get_outputs(
+        self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None
+    ) -> Dict[FieldHeadNames, Tensor]:
+        positions = ray_samples.frustums.get_positions().reshape(-1, 3)
+        directions = ray_samples.frustums.directions.reshape(-1, 3)
+        rgb = self.colour(positions, directions).reshape(*ray_samples.frustums.shape, 3)
+        outputs = {FieldHeadNames.RGB: rgb}
+        if density_embedding is not None:
+            outputs[FieldHeadNames.SDF] = weak_sdf(density_embedding, self.sigma)
+        return outputs

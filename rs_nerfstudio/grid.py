@@ -1,0 +1,142 @@
+"""Dense voxel grids over the scene box: layout, interpolation and a memory estimate.
+
+A grid is cell-centred: voxel ``(k, j, i)`` (the ``[D, H, W]`` layout of ``F.grid_sample``, i.e. z, y, x) is the
+cube of side ``voxel_size`` whose centre is ``aabb_min + (i + 1/2, j + 1/2, k + 1/2) * voxel_size``. The grid covers
+the box exactly. Raw values are interpolated and activated per sample afterwards (as DirectVoxGO does), which keeps
+surfaces sharper than a voxel. Interpolated grids are stored channel-last, ``[D, H, W, C]``, so the 8 corners of a
+sample are 8 contiguous rows.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+def grid_shape_for_box(aabb: Float[Tensor, "2 3"], resolution: int) -> Tuple[int, int, int]:
+    """``(D, H, W)`` with about ``resolution`` voxels along the longest side and near-cubic voxels."""
+    extent = (aabb[1] - aabb[0]).tolist()
+    longest = max(extent)
+    x, y, z = (max(2, int(round(resolution * e / longest))) for e in extent)
+    return (z, y, x)
+
+
+def voxel_size(aabb: Float[Tensor, "2 3"], shape: Sequence[int]) -> Float[Tensor, "3"]:
+    """Voxel side along x, y, z for a ``(D, H, W)`` grid over the box."""
+    depth, height, width = shape
+    return (aabb[1] - aabb[0]) / torch.tensor([width, height, depth], dtype=aabb.dtype, device=aabb.device)
+
+
+def grid_coords_of_nodes(aabb: Float[Tensor, "2 3"], shape: Sequence[int]) -> Float[Tensor, "D H W 3"]:
+    """World xyz of every voxel centre, laid out ``[D, H, W, 3]``."""
+    size = voxel_size(aabb, shape)
+    axes = [
+        aabb[0, axis] + (torch.arange(n, dtype=aabb.dtype, device=aabb.device) + 0.5) * size[axis]
+        for axis, n in zip((2, 1, 0), shape)
+    ]
+    z, y, x = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([x, y, z], dim=-1)
+
+
+def trilinear_corners(
+    points: Float[Tensor, "N 3"], aabb: Float[Tensor, "2 3"], shape: Sequence[int]
+) -> Tuple[Int[Tensor, "N 8"], Float[Tensor, "N 8"]]:
+    """Flat indices of the 8 voxel centres around each point and their trilinear weights.
+
+    Coordinates are clamped to the outermost voxel centres, so a point within half a voxel of the box's faces (or
+    outside the box) takes the border value: callers that care about the outside check it themselves.
+    """
+    depth, height, width = shape
+    dims = torch.tensor([width, height, depth], device=points.device, dtype=points.dtype)
+    continuous = ((points - aabb[0]) / (aabb[1] - aabb[0]) * dims - 0.5).clamp(min=0.0)
+    continuous = torch.minimum(continuous, dims - 1.0 - 1e-4)
+    lower = continuous.floor()
+    frac = continuous - lower
+    lower = lower.long()
+    base = (lower[:, 2] * height + lower[:, 1]) * width + lower[:, 0]
+    dz, dy, dx = torch.meshgrid(*(torch.arange(2, device=points.device),) * 3, indexing="ij")
+    offsets = ((dz * height + dy) * width + dx).reshape(8)
+    wx = torch.stack([1.0 - frac[:, 0], frac[:, 0]], dim=-1)
+    wy = torch.stack([1.0 - frac[:, 1], frac[:, 1]], dim=-1)
+    wz = torch.stack([1.0 - frac[:, 2], frac[:, 2]], dim=-1)
+    weights = (wz[:, :, None, None] * wy[:, None, :, None] * wx[:, None, None, :]).reshape(-1, 8)
+    return base[:, None] + offsets, weights
+
+
+class _WeightedGather(torch.autograd.Function):
+    """out[n] = sum_k weights[n, k] * table[index[n, k]], differentiable in ``table`` only.
+
+    The forward is ``embedding_bag`` (fast on CPU and CUDA); the backward is one ``index_add_``, several times
+    faster on a CPU than the backward of ``grid_sample`` or of ``embedding_bag``.
+    """
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Tensor, weights: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(index, weights)
+        ctx.num_rows = table.shape[0]
+        return F.embedding_bag(index, table, per_sample_weights=weights.to(table.dtype), mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        index, weights = ctx.saved_tensors
+        contributions = (weights[..., None].to(grad_out.dtype) * grad_out[:, None, :]).reshape(-1, grad_out.shape[-1])
+        grad_table = grad_out.new_zeros(ctx.num_rows, grad_out.shape[-1])
+        grad_table.index_add_(0, index.reshape(-1), contributions)
+        return grad_table, None, None
+
+
+def interpolate(
+    grid: Float[Tensor, "D H W C"], points: Float[Tensor, "N 3"], aabb: Float[Tensor, "2 3"]
+) -> Float[Tensor, "N C"]:
+    """Trilinear interpolation of a channel-last, cell-centred grid at world points (see :func:`trilinear_corners`).
+
+    Differentiable with respect to the grid values, not the points.
+    """
+    index, weights = trilinear_corners(points, aabb, grid.shape[:3])
+    return _WeightedGather.apply(grid.reshape(-1, grid.shape[-1]), index, weights)
+
+
+def nearest_voxel_index(
+    points: Float[Tensor, "N 3"], aabb: Float[Tensor, "2 3"], shape: Sequence[int]
+) -> Tuple[Tensor, Tensor]:
+    """Flat index into a ``(D, H, W)`` grid of the voxel holding each point, and whether it is inside the box."""
+    depth, height, width = shape
+    dims = torch.tensor([width, height, depth], device=points.device)
+    cell = ((points - aabb[0]) / (aabb[1] - aabb[0]) * dims).floor().long()
+    inside = ((cell >= 0) & (cell < dims)).all(dim=-1)
+    cell = torch.minimum(cell.clamp_min(0), dims - 1)
+    flat = (cell[..., 2] * height + cell[..., 1]) * width + cell[..., 0]
+    return flat, inside
+
+
+BYTES_PER_FLOAT32 = 4
+TRAINING_COPIES = 8
+"""Float copies of a grid alive in a training step: parameter, gradient, two Adam moments, the squashed grid, its
+blur (with an intermediate) and the blur's gradient."""
+
+
+def training_memory_bytes(num_voxels: int, channels: int = 1) -> int:
+    """Estimated peak bytes that one trained grid of ``num_voxels x channels`` takes, before allocating it."""
+    return num_voxels * channels * BYTES_PER_FLOAT32 * TRAINING_COPIES
+
+
+def available_memory_bytes(device: torch.device | str) -> int:
+    """Memory the process can still use on ``device``: free CUDA memory, or MemAvailable on the host."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil ships with nerfstudio
+        with open("/proc/meminfo", encoding="utf8") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    return 0

@@ -1,0 +1,272 @@
+"""The rs-sdf model: volume rendering of a randomized-smoothing SDF field with nerfstudio's renderers."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Literal, Optional, Tuple, Type
+
+import torch
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
+from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.utils import colormaps
+from torch import Tensor, nn
+from torchmetrics.functional import structural_similarity_index_measure
+from torchmetrics.image import PeakSignalNoiseRatio
+
+from rs_nerfstudio.field import RSSDFField
+from rs_nerfstudio.metrics import lpips_if_available
+from rs_nerfstudio.sampler import OccupancyGuidedSampler, empty_space_mask
+from rs_nerfstudio.sdf import weak_sdf
+
+
+@dataclass
+class RSSDFModelConfig(ModelConfig):
+    """rs-sdf: a voxel occupancy classifier, randomized smoothing as its SDF, volume-rendered."""
+
+    _target: Type = field(default_factory=lambda: RSSDFModel)
+    enable_collider: bool = False
+    """Unused: rays are clipped to the scene box, where the grid lives."""
+    grid_resolution: int = 128
+    """Geometry voxels along the scene box's longest side."""
+    sigma: float = 0.025
+    """Randomized-smoothing noise level sigma, in scene units (~1 voxel of a 128^3 grid over Blender's 3-unit box).
+    It is the weak SDF's scale: |sdf| is certified up to ~4.75 sigma, and details thinner than ~1.4 sigma vanish."""
+    steepness: float = 30.0
+    """Final alpha of the occupancy G = sigmoid(alpha (f_hat - 1/2)). Higher is a sharper surface."""
+    initial_steepness: float = 10.0
+    """alpha at step 0; it rises geometrically to `steepness`: soft surfaces first give gradients a wide reach."""
+    steepness_warmup_steps: int = 1000
+    """Steps over which alpha rises from `initial_steepness` to `steepness`."""
+    density_eps: float = 1e-3
+    """epsilon of the density -log(1 - (1 - eps) G) / voxel. It caps the density at -log(eps) per voxel (a voxel of
+    solid matter lets through eps of the light) and keeps the logarithm finite at G = 1."""
+    initial_occupancy: float = 0.1
+    """Base occupancy f_theta everywhere at step 0: below 1/2, so space starts nearly empty but not dead."""
+    appearance_resolution: int = 96
+    """Colour-feature voxels along the scene box's longest side."""
+    appearance_dim: int = 12
+    """Colour features per voxel."""
+    hidden_dim: int = 64
+    """Width of the colour MLP."""
+    sh_levels: int = 3
+    """Spherical-harmonic levels of the view direction fed to the colour MLP (0: view-independent colour)."""
+    num_samples: int = 48
+    """Samples per ray, drawn where the smoothed occupancy says the surface is."""
+    coarse_step: float = 1.0
+    """Step, in voxels, of the cheap march that places the samples."""
+    uniform_sample_fraction: float = 0.05
+    """Share of each ray's training samples spread uniformly, so geometry can appear where there is none yet."""
+    empty_space_threshold: float = 1e-3
+    """Voxels whose occupancy G (and that of all 26 neighbours) is below this are skipped while marching."""
+    mask_refresh_steps: int = 16
+    """Training steps between refreshes of the empty-space mask."""
+    colour_weight_threshold: float = 1e-4
+    """Colour is computed only for samples whose compositing weight exceeds this."""
+    tv_weight: float = 0.0
+    """Weight of a total-variation penalty on the base occupancy (0: off)."""
+    background_color: Literal["white", "black"] = "white"
+    """Colour behind the scene; Blender-synthetic scenes are rendered on white."""
+    train_time_budget: Optional[float] = None
+    """Stop training (and save a checkpoint) after this many seconds of training wall-clock time. None: no limit."""
+
+    @property
+    def sdf_field(self) -> str:
+        """Marks an SDF model for ``ns-export marching-cubes``: the field's ``forward_geonetwork`` is the weak SDF."""
+        return "weak_sdf"
+
+
+class RSSDFModel(Model):
+    """Randomized-smoothing SDF model."""
+
+    config: RSSDFModelConfig
+    field: RSSDFField
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        self.field = RSSDFField(
+            aabb=self.scene_box.aabb,
+            resolution=self.config.grid_resolution,
+            sigma=self.config.sigma,
+            steepness=self.config.initial_steepness,
+            density_eps=self.config.density_eps,
+            initial_occupancy=self.config.initial_occupancy,
+            appearance_resolution=self.config.appearance_resolution,
+            appearance_dim=self.config.appearance_dim,
+            hidden_dim=self.config.hidden_dim,
+            sh_levels=self.config.sh_levels,
+        )
+        self.sampler = OccupancyGuidedSampler(
+            num_samples=self.config.num_samples,
+            coarse_step=self.config.coarse_step,
+            uniform_fraction=self.config.uniform_sample_fraction,
+        )
+        self.renderer_rgb = RGBRenderer(background_color=self.config.background_color)
+        self.renderer_accumulation = AccumulationRenderer()
+        self.renderer_depth = DepthRenderer(method="expected")
+        self.rgb_loss = nn.MSELoss()
+        self.psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.lpips = lpips_if_available()
+        self.step = 0
+        self._mask: Optional[Tensor] = None
+        self._mask_key: Optional[Tuple] = None
+        self._train_started: Optional[float] = None
+
+    def get_param_groups(self) -> Dict[str, List[nn.Parameter]]:
+        return {
+            "geometry": [self.field.base_logits],
+            "appearance": [self.field.features],
+            "colour_mlp": list(self.field.colour_mlp.parameters()),
+        }
+
+    # ----- training-time behaviour -----------------------------------------------------------------------------
+    def steepness_at(self, step: int) -> float:
+        """alpha rises geometrically from initial_steepness to steepness over the warm-up."""
+        start, end = self.config.initial_steepness, self.config.steepness
+        progress = min(1.0, step / max(1, self.config.steepness_warmup_steps))
+        return float(start * (end / start) ** progress)
+
+    def update_to_step(self, step: int) -> None:
+        self.step = step
+        self.field.steepness = self.steepness_at(step)
+
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> List[TrainingCallback]:
+        callbacks = [
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                update_every_num_iters=1,
+                func=self.update_to_step,
+            )
+        ]
+        trainer = training_callback_attributes.trainer
+        if self.config.train_time_budget is not None and trainer is not None:
+
+            def stop_when_out_of_time(step: int) -> None:
+                if self._train_started is None:
+                    self._train_started = time.perf_counter()
+                elif time.perf_counter() - self._train_started >= self.config.train_time_budget:
+                    trainer.stop_training = True
+
+            callbacks.append(
+                TrainingCallback(
+                    where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+                    update_every_num_iters=1,
+                    func=stop_when_out_of_time,
+                )
+            )
+        return callbacks
+
+    def empty_space_mask(self, smoothed_grid: Tensor) -> Tensor:
+        """The skip mask, refreshed every `mask_refresh_steps` while training and whenever the grid changes in eval."""
+        if self.training:
+            key: Tuple = (self.step // self.config.mask_refresh_steps,)
+        else:
+            key = (self.field.base_logits._version, self.field.sigma, self.field.steepness, smoothed_grid.device)
+        if self._mask is None or self._mask_key != key or self._mask.device != smoothed_grid.device:
+            occupancy_grid = self.field.occupancy_from_smoothed(smoothed_grid.detach())
+            self._mask = empty_space_mask(occupancy_grid, self.config.empty_space_threshold)
+            self._mask_key = key
+        return self._mask
+
+    # ----- rendering -------------------------------------------------------------------------------------------
+    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        smoothed_grid = self.field.smoothed_occupancy_grid()
+        ray_samples = self.sampler(
+            ray_bundle,
+            smoothed_grid.detach(),
+            self.empty_space_mask(smoothed_grid),
+            self.field.aabb,
+            self.field.voxel_length,
+            self.field.steepness,
+            self.field.density_eps,
+            training=self.training,
+        )
+        num_rays, num_samples = ray_samples.frustums.shape[:2] if ray_samples.frustums.ndim > 1 else (1, 1)
+        positions = ray_samples.frustums.get_positions().reshape(-1, 3)
+        smoothed = self.field.smoothed_occupancy(positions, smoothed_grid)
+        density = self.field.density_from_smoothed(smoothed).reshape(num_rays, num_samples, 1)
+        weights = ray_samples.get_weights(density)
+
+        # Colour only where it shows: most samples sit in front of or behind the surface with ~zero weight.
+        active = weights.reshape(-1) > self.config.colour_weight_threshold
+        directions = ray_samples.frustums.directions.reshape(-1, 3)
+        colours = torch.zeros(positions.shape[0], 3, device=positions.device, dtype=positions.dtype)
+        if active.any():
+            colours[active] = self.field.colour(positions[active], directions[active])
+        colours = colours.reshape(num_rays, num_samples, 3)
+
+        outputs = {
+            "rgb": self.renderer_rgb(rgb=colours, weights=weights),
+            "accumulation": self.renderer_accumulation(weights=weights),
+            "depth": self.renderer_depth(weights=weights, ray_samples=ray_samples),
+        }
+        if not self.training:
+            outputs.update(self._geometry_outputs(positions, smoothed, weights, smoothed_grid, active))
+        return outputs
+
+    @torch.no_grad()
+    def _geometry_outputs(
+        self, positions: Tensor, smoothed: Tensor, weights: Tensor, smoothed_grid: Tensor, active: Tensor
+    ) -> Dict[str, Tensor]:
+        """Per-ray views of the geometry: normals, the ray's certified clearance, its peak occupancy."""
+        num_rays, num_samples = weights.shape[:2]
+        gradients = torch.zeros_like(positions)
+        if active.any():
+            gradients[active] = self.field.sdf_gradient(positions[active], smoothed_grid)
+        normals = torch.nn.functional.normalize((weights * gradients.reshape(num_rays, num_samples, 3)).sum(1), dim=-1)
+        sdf = weak_sdf(smoothed, self.field.sigma).reshape(num_rays, num_samples)
+        occupancy = self.field.occupancy_from_smoothed(smoothed).reshape(num_rays, num_samples)
+        return {
+            "normals": (normals + 1.0) / 2.0,
+            "weak_sdf": sdf.amin(dim=1, keepdim=True),
+            "occupancy": occupancy.amax(dim=1, keepdim=True),
+        }
+
+    # ----- losses and metrics ----------------------------------------------------------------------------------
+    def _target_rgb(self, batch: Dict[str, Tensor]) -> Tensor:
+        return self.renderer_rgb.blend_background(batch["image"].to(self.device))
+
+    def get_metrics_dict(self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return {"psnr": self.psnr(outputs["rgb"], self._target_rgb(batch))}
+
+    def get_loss_dict(
+        self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor], metrics_dict: Optional[Dict[str, Tensor]] = None
+    ) -> Dict[str, Tensor]:
+        pred_rgb, gt_rgb = self.renderer_rgb.blend_background_for_loss_computation(
+            pred_image=outputs["rgb"], pred_accumulation=outputs["accumulation"], gt_image=batch["image"].to(self.device)
+        )
+        losses = {"rgb_loss": self.rgb_loss(gt_rgb, pred_rgb)}
+        if self.training and self.config.tv_weight > 0:
+            losses["tv_loss"] = self.config.tv_weight * total_variation(self.field.base_occupancy_grid())
+        return losses
+
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        gt_rgb = self._target_rgb(batch)
+        predicted_rgb = outputs["rgb"]
+        gt, pred = (torch.moveaxis(image, -1, 0)[None] for image in (gt_rgb, predicted_rgb))
+        metrics = {
+            "psnr": float(self.psnr(gt, pred).item()),
+            "ssim": float(structural_similarity_index_measure(pred, gt, data_range=1.0)),  # type: ignore[arg-type]
+        }
+        if self.lpips is not None:
+            self.lpips.to(pred.device)
+            metrics["lpips"] = float(self.lpips(gt.clamp(0, 1), pred.clamp(0, 1)))
+        images = {
+            "img": torch.cat([gt_rgb, predicted_rgb], dim=1),
+            "accumulation": colormaps.apply_colormap(outputs["accumulation"]),
+            "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
+        }
+        if "normals" in outputs:
+            images["normals"] = outputs["normals"]
+        return metrics, images
+
+
+def total_variation(grid: Tensor) -> Tensor:
+    """Mean squared difference between neighbouring voxels of a ``[C, D, H, W]`` grid."""
+    return sum(grid.diff(dim=axis).pow(2).mean() for axis in (-1, -2, -3))  # type: ignore[return-value]

@@ -1,0 +1,141 @@
+"""Ray sampling from the explicit geometry, without CUDA.
+
+nerfacc's occupancy-grid sampler is CUDA-only, and an MLP proposal network is slow on a CPU. The grid already says
+where the surface is, so we march each ray through the scene box at one-voxel steps, skip voxels that an empty-space
+mask rules out, read the smoothed occupancy where it does not, and composite those coarse opacities into weights.
+The final samples are drawn from that distribution by inverse-CDF sampling (plus a small uniform share, so that
+geometry can still appear where there is none yet), and returned as nerfstudio ``RaySamples`` for its renderers.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+from nerfstudio.cameras.rays import RayBundle, RaySamples
+from torch import Tensor
+
+from rs_nerfstudio import grid as grids
+from rs_nerfstudio.sdf import density_from_occupancy, occupancy
+
+
+def intersect_aabb(
+    origins: Float[Tensor, "R 3"], directions: Float[Tensor, "R 3"], aabb: Float[Tensor, "2 3"], near: float = 0.0
+) -> Tuple[Float[Tensor, "R"], Float[Tensor, "R"]]:
+    """Entry and exit distances of each ray through the box (slab method); t_far == t_near for rays that miss."""
+    safe = torch.where(directions.abs() < 1e-9, torch.full_like(directions, 1e-9), directions)
+    t_low = (aabb[0] - origins) / safe
+    t_high = (aabb[1] - origins) / safe
+    t_near = torch.minimum(t_low, t_high).amax(dim=-1).clamp_min(near)
+    t_far = torch.maximum(t_low, t_high).amin(dim=-1)
+    return t_near, torch.maximum(t_far, t_near)
+
+
+def empty_space_mask(occupancy_grid: Float[Tensor, "D H W"], threshold: float) -> Bool[Tensor, "D H W"]:
+    """Voxels that may hold matter: occupancy above ``threshold`` in the voxel or one of its 26 neighbours.
+
+    The max-pool dilation keeps voxels whose trilinear neighbourhood touches matter, so skipping the rest loses
+    nothing that interpolation would see.
+    """
+    pooled = F.max_pool3d(occupancy_grid[None, None], kernel_size=3, stride=1, padding=1)[0, 0]
+    return pooled > threshold
+
+
+def opacity_of_segments(density: Tensor, deltas: Tensor) -> Tensor:
+    """1 - exp(-density * delta)."""
+    return -torch.expm1(-density * deltas)
+
+
+def transmittance_weights(alphas: Float[Tensor, "R S"]) -> Float[Tensor, "R S"]:
+    """w_i = alpha_i prod_{j<i} (1 - alpha_j)."""
+    survive = torch.cumprod(1.0 - alphas + 1e-10, dim=-1)
+    transmittance = torch.cat([torch.ones_like(survive[:, :1]), survive[:, :-1]], dim=-1)
+    return alphas * transmittance
+
+
+def sample_pdf(
+    bins: Float[Tensor, "R B+1"], weights: Float[Tensor, "R B"], num_edges: int, stratified: bool
+) -> Float[Tensor, "R num_edges"]:
+    """Inverse-CDF sampling of sorted positions from a piecewise-constant density over ``bins``."""
+    pdf = weights / weights.sum(dim=-1, keepdim=True)
+    cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf, dim=-1)], dim=-1).clamp(max=1.0)
+    offsets = torch.rand(bins.shape[0], num_edges, device=bins.device) if stratified else 0.5
+    u = (torch.arange(num_edges, device=bins.device) + offsets) / num_edges
+    u = u.expand(bins.shape[0], num_edges).contiguous()
+    index = torch.searchsorted(cdf, u, right=True).clamp(1, cdf.shape[-1] - 1)
+    cdf_low, cdf_high = cdf.gather(1, index - 1), cdf.gather(1, index)
+    bin_low, bin_high = bins.gather(1, index - 1), bins.gather(1, index)
+    fraction = ((u - cdf_low) / (cdf_high - cdf_low).clamp_min(1e-12)).clamp(0.0, 1.0)
+    return bin_low + fraction * (bin_high - bin_low)
+
+
+class OccupancyGuidedSampler:
+    """Samples rays where the smoothed occupancy says the surface is.
+
+    Args:
+        num_samples: samples per ray handed to the field.
+        coarse_step: length of a coarse marching step, in voxels.
+        uniform_fraction: share of the sampling distribution spread uniformly along the ray while training.
+    """
+
+    def __init__(self, num_samples: int = 48, coarse_step: float = 1.0, uniform_fraction: float = 0.05) -> None:
+        self.num_samples = num_samples
+        self.coarse_step = coarse_step
+        self.uniform_fraction = uniform_fraction
+
+    @torch.no_grad()
+    def coarse_weights(
+        self,
+        ray_bundle: RayBundle,
+        smoothed_grid: Float[Tensor, "D H W"],
+        mask: Bool[Tensor, "D H W"],
+        aabb: Float[Tensor, "2 3"],
+        voxel_length: float,
+        steepness: float,
+        density_eps: float,
+        near: float,
+    ) -> Tuple[Tensor, Tensor]:
+        """Coarse bins ``[R, B+1]`` along each ray inside the box and their compositing weights ``[R, B]``."""
+        origins = ray_bundle.origins.reshape(-1, 3)
+        directions = ray_bundle.directions.reshape(-1, 3)
+        t_near, t_far = intersect_aabb(origins, directions, aabb, near)
+        step = self.coarse_step * voxel_length
+        num_bins = max(1, int(torch.ceil((t_far - t_near).max() / step).item()))
+        fractions = torch.linspace(0.0, 1.0, num_bins + 1, device=origins.device)
+        bins = t_near[:, None] + (t_far - t_near)[:, None] * fractions
+        mids = 0.5 * (bins[:, 1:] + bins[:, :-1])
+        points = origins[:, None, :] + directions[:, None, :] * mids[..., None]
+        flat_index, inside = grids.nearest_voxel_index(points.reshape(-1, 3), aabb, mask.shape)
+        keep = inside & mask.reshape(-1)[flat_index]
+        density = torch.zeros(points.shape[0] * num_bins, device=origins.device)
+        if keep.any():
+            smoothed = grids.interpolate(smoothed_grid[..., None], points.reshape(-1, 3)[keep], aabb)[:, 0]
+            density[keep] = density_from_occupancy(occupancy(smoothed, steepness), 1.0 / voxel_length, density_eps)
+        alphas = opacity_of_segments(density.reshape(-1, num_bins), bins[:, 1:] - bins[:, :-1])
+        return bins, transmittance_weights(alphas)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        ray_bundle: RayBundle,
+        smoothed_grid: Float[Tensor, "D H W"],
+        mask: Bool[Tensor, "D H W"],
+        aabb: Float[Tensor, "2 3"],
+        voxel_length: float,
+        steepness: float,
+        density_eps: float,
+        near: float = 0.0,
+        training: bool = True,
+    ) -> RaySamples:
+        bins, weights = self.coarse_weights(
+            ray_bundle, smoothed_grid, mask, aabb, voxel_length, steepness, density_eps, near
+        )
+        uniform = self.uniform_fraction if training else 0.0
+        total = weights.sum(dim=-1, keepdim=True)
+        # Rays that see nothing fall back to uniform samples over their chord.
+        pdf = (1.0 - uniform) * weights / total.clamp_min(1e-8) + (uniform + (total < 1e-8).float()) / weights.shape[-1]
+        edges = sample_pdf(bins, pdf, self.num_samples + 1, stratified=training)
+        edges = edges.reshape(*ray_bundle.shape, self.num_samples + 1)
+        return ray_bundle.get_ray_samples(bin_starts=edges[..., :-1, None], bin_ends=edges[..., 1:, None])

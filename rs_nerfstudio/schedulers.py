@@ -1,0 +1,53 @@
+"""A learning-rate schedule whose checkpoints load with ``torch.load(weights_only=True)``.
+
+nerfstudio's ExponentialDecayScheduler computes its multiplier with numpy, so the learning rates stored in the
+optimizer and scheduler state are numpy scalars, which torch >= 2.6 refuses to unpickle by default (nerfstudio
+issue #3683): ns-viewer, ns-eval, ns-export and resuming then fail. This one does the same in plain Python floats.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Type
+
+from nerfstudio.engine.schedulers import Scheduler, SchedulerConfig
+from torch.optim import Optimizer, lr_scheduler
+
+
+@dataclass
+class ExponentialDecaySchedulerConfig(SchedulerConfig):
+    """Linear warm-up to the optimizer's learning rate, then exponential decay to `lr_final`."""
+
+    _target: Type = field(default_factory=lambda: ExponentialDecayScheduler)
+    lr_final: Optional[float] = None
+    """Learning rate at `max_steps` (None: no decay)."""
+    warmup_steps: int = 0
+    """Steps of linear warm-up from zero."""
+    max_steps: int = 10000
+    """Step at which the decay reaches `lr_final`; constant after it."""
+
+
+def exponential_decay_multiplier(
+    step: int, lr_init: float, lr_final: float, warmup_steps: int, max_steps: int
+) -> float:
+    """Multiplier of lr_init at ``step``, as a Python float."""
+    if step < warmup_steps:
+        return float(step) / warmup_steps
+    t = min(max((step - warmup_steps) / max(1, max_steps - warmup_steps), 0.0), 1.0)
+    return math.exp(math.log(lr_final / lr_init) * t)
+
+
+class ExponentialDecayScheduler(Scheduler):
+    """See :class:`ExponentialDecaySchedulerConfig`."""
+
+    config: ExponentialDecaySchedulerConfig
+
+    def get_scheduler(self, optimizer: Optimizer, lr_init: float) -> lr_scheduler.LRScheduler:
+        lr_final = lr_init if self.config.lr_final is None else self.config.lr_final
+        warmup, max_steps = self.config.warmup_steps, self.config.max_steps
+
+        def multiplier(step: int) -> float:
+            return exponential_decay_multiplier(step, lr_init, lr_final, warmup, max_steps)
+
+        return lr_scheduler.LambdaLR(optimizer, lr_lambda=multiplier)

@@ -1,0 +1,105 @@
+"""The real ``ns-train rs-sdf`` on a tiny generated scene, on CPU, then nerfstudio's own eval_setup on the run."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import command
+
+TINY_TRAINING = [
+    "--vis", "tensorboard",
+    "--max-num-iterations", "60",
+    "--steps-per-save", "30",
+    "--steps-per-eval-image", "1000",
+    "--steps-per-eval-batch", "1000",
+    "--pipeline.datamanager.train-num-rays-per-batch", "1024",
+    "--pipeline.model.grid-resolution", "48",
+    "--pipeline.model.appearance-resolution", "32",
+    "--pipeline.model.sigma", "0.0625",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_scene: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """config.yml of a 60-step ns-train run on the tiny scene."""
+    output = tmp_path_factory.mktemp("runs")
+    result = subprocess.run(
+        [command("ns-train"), "rs-sdf", "--data", str(tiny_scene), "--output-dir", str(output), *TINY_TRAINING],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"CUDA_VISIBLE_DEVICES": "", **__import__("os").environ},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    configs = list(output.glob("*/rs-sdf/*/config.yml"))
+    assert len(configs) == 1, configs
+    return configs[0]
+
+
+def test_checkpoints_load_with_weights_only(trained_run: Path) -> None:
+    checkpoints = sorted((trained_run.parent / "nerfstudio_models").glob("step-*.ckpt"))
+    assert checkpoints, "no checkpoint written"
+    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)
+    assert state["step"] == 59
+    assert "_model.field.base_logits" in state["pipeline"]
+
+
+def test_eval_setup_and_metrics(trained_run: Path, tiny_scene: Path) -> None:
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from rs_nerfstudio.model import RSSDFModel
+
+    _, pipeline, _, step = eval_setup(trained_run, test_mode="test")
+    assert step == 59 and isinstance(pipeline.model, RSSDFModel)
+    assert pipeline.device.type == "cpu"
+    # The steepness is restored from the checkpoint's step, not left at its initial value.
+    assert pipeline.model.field.steepness == pytest.approx(pipeline.model.steepness_at(59))
+
+    metrics = pipeline.get_average_eval_image_metrics()
+    assert {"psnr", "ssim"} <= set(metrics)
+    # 60 steps must beat a blank white image of the test views by a clear margin.
+    dataset = pipeline.datamanager.eval_dataset
+    white_psnr = torch.stack(
+        [-10 * torch.log10(((dataset[i]["image"][..., :3] - 1.0) ** 2).mean()) for i in range(len(dataset))]
+    ).mean()
+    assert metrics["psnr"] > white_psnr + 3.0, (metrics, float(white_psnr))
+
+
+def test_outputs_are_per_ray_in_viewer_order(trained_run: Path) -> None:
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(trained_run, test_mode="test")
+    camera = pipeline.datamanager.eval_dataset.cameras[0:1]
+    with torch.no_grad():
+        outputs = pipeline.model.get_outputs_for_camera(camera)
+    keys = list(outputs)
+    assert keys[:3] == ["rgb", "accumulation", "depth"]
+    assert {"normals", "weak_sdf", "occupancy"} <= set(keys)
+    height, width = int(camera.height), int(camera.width)
+    channels = {"rgb": 3, "accumulation": 1, "depth": 1, "normals": 3, "weak_sdf": 1, "occupancy": 1}
+    for key, num in channels.items():
+        assert outputs[key].shape == (height, width, num), key
+        assert torch.isfinite(outputs[key]).all(), key
+    assert 0.0 <= float(outputs["normals"].min()) and float(outputs["normals"].max()) <= 1.0
+    # Rays that hit the object pass through its inside (negative weak SDF); rays that miss it stay outside.
+    hit = outputs["accumulation"][..., 0] > 0.9
+    miss = outputs["accumulation"][..., 0] < 0.1
+    assert hit.any() and miss.any()
+    assert float((outputs["weak_sdf"][..., 0][hit] < 0).float().mean()) > 0.9
+    assert float((outputs["weak_sdf"][..., 0][miss] > 0).float().mean()) > 0.9
+
+
+def test_export_interface(trained_run: Path) -> None:
+    """``ns-export marching-cubes`` needs ``config.sdf_field`` and ``field.forward_geonetwork(x)[:, 0]``."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(trained_run, test_mode="inference")
+    assert hasattr(pipeline.model.config, "sdf_field")
+    points = torch.rand(1000, 3) * 2 - 1
+    sdf = pipeline.model.field.forward_geonetwork(points)[:, 0]
+    assert sdf.shape == (1000,) and torch.isfinite(sdf).all()
+    assert float(sdf.min()) < 0 < float(sdf.max())

@@ -1,0 +1,37 @@
+"""The entry point: nerfstudio discovers rs-sdf beside its own methods, and importing it is safe."""
+
+from __future__ import annotations
+
+import subprocess
+
+from tests.conftest import command
+
+
+def test_entry_point_gives_a_method_specification() -> None:
+    from nerfstudio.plugins.registry import discover_methods
+    from nerfstudio.plugins.types import MethodSpecification
+
+    from rs_nerfstudio import method
+
+    assert isinstance(method.rs_sdf, MethodSpecification)
+    methods, descriptions = discover_methods()
+    assert "rs-sdf" in methods and "rs-sdf" in descriptions
+    config = methods["rs-sdf"]
+    assert config.pipeline.model.sdf_field  # ns-export marching-cubes checks for it
+    assert config.machine.device_type in ("cpu", "cuda")
+
+
+def test_ns_train_help_lists_builtin_methods_and_ours() -> None:
+    result = subprocess.run([command("ns-train"), "--help"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("rs-sdf", "nerfacto", "splatfacto", "instant-ngp", "tensorf"):
+        assert name in result.stdout, name
+
+
+def test_default_device_is_cpu_without_cuda() -> None:
+    import torch
+
+    from rs_nerfstudio.config import rs_sdf_trainer_config
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert rs_sdf_trainer_config().machine.device_type == expected
