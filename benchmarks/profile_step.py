@@ -20,12 +20,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=30, help="steps before profiling")
     parser.add_argument("--steps", type=int, default=10, help="steps profiled")
     parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--load-config", type=Path, default=None, help="start from a trained run (steady state)")
     args = parser.parse_args()
 
-    config = rs_sdf_trainer_config()
-    config.pipeline.datamanager.data = args.data
-    config.machine.device_type = "cpu"
-    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    if args.load_config is not None:
+        from nerfstudio.utils.eval_utils import eval_setup
+
+        config, pipeline, _, start_step = eval_setup(args.load_config, test_mode="val")
+        pipeline.train()
+    else:
+        config = rs_sdf_trainer_config()
+        config.pipeline.datamanager.data = args.data
+        pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+        start_step = 0
     optimizers = config.optimizers
     from nerfstudio.engine.optimizers import Optimizers
 
@@ -40,11 +47,11 @@ def main() -> None:
         opt.optimizer_step_all()
         opt.scheduler_step_all(i)
 
-    for i in range(args.warmup):
+    for i in range(start_step, start_step + args.warmup):
         step(i)
     start = time.perf_counter()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        for i in range(args.warmup, args.warmup + args.steps):
+        for i in range(start_step + args.warmup, start_step + args.warmup + args.steps):
             step(i)
     elapsed = (time.perf_counter() - start) / args.steps
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=args.rows))

@@ -8,12 +8,11 @@ import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
-from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 
 from rs_nerfstudio.model import RSSDFModelConfig
-from rs_nerfstudio.schedulers import ExponentialDecaySchedulerConfig
+from rs_nerfstudio.optim import ExponentialDecaySchedulerConfig, FusedAdamOptimizerConfig
 
 DEFAULT_MAX_STEPS = 5000
 
@@ -51,15 +50,15 @@ def rs_sdf_trainer_config(max_steps: int = DEFAULT_MAX_STEPS) -> RSSDFTrainerCon
         ),
         optimizers={
             "geometry": {
-                "optimizer": AdamOptimizerConfig(lr=0.1, eps=1e-15),
+                "optimizer": FusedAdamOptimizerConfig(lr=0.1, eps=1e-15),
                 "scheduler": ExponentialDecaySchedulerConfig(lr_final=0.01, **decay),
             },
             "appearance": {
-                "optimizer": AdamOptimizerConfig(lr=0.1, eps=1e-15),
+                "optimizer": FusedAdamOptimizerConfig(lr=0.1, eps=1e-15),
                 "scheduler": ExponentialDecaySchedulerConfig(lr_final=0.01, **decay),
             },
             "colour_mlp": {
-                "optimizer": AdamOptimizerConfig(lr=3e-3, eps=1e-15),
+                "optimizer": FusedAdamOptimizerConfig(lr=3e-3, eps=1e-15),
                 "scheduler": ExponentialDecaySchedulerConfig(lr_final=3e-4, **decay),
             },
         },

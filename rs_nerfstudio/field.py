@@ -148,12 +148,19 @@ class RSSDFField(Field):
         return ((values[:3] - values[3:]) / self.voxel[:, None]).T
 
     # ----- appearance -----------------------------------------------------------------------------------------
-    def colour(self, points: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
-        """RGB in [0, 1] from the feature grid and the view direction."""
-        features = grids.interpolate(self.features, points, self.aabb)
+    def appearance_features(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N C"]:
+        """Colour features at world points, interpolated from the feature grid."""
+        return grids.interpolate(self.features, points, self.aabb)
+
+    def decode_colour(self, features: Float[Tensor, "N C"], directions: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
+        """RGB in [0, 1] from colour features and unit view directions."""
         if self.sh_levels > 0:
             features = torch.cat([features, components_from_spherical_harmonics(self.sh_levels, directions)], -1)
         return torch.sigmoid(self.colour_mlp(features))
+
+    def colour(self, points: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
+        """RGB in [0, 1] at world points seen from the given directions."""
+        return self.decode_colour(self.appearance_features(points), directions)
 
     # ----- nerfstudio's Field interface ------------------------------------------------------------------------
     def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:

@@ -1,4 +1,7 @@
-"""A learning-rate schedule whose checkpoints load with ``torch.load(weights_only=True)``.
+"""Optimisation that is fast on a CPU and whose checkpoints load with ``torch.load(weights_only=True)``.
+
+torch's Adam runs a per-tensor Python loop on the CPU unless asked for its fused kernel, which is ~5x faster on a
+grid of millions of voxels; nerfstudio's optimizer config cannot ask for it.
 
 nerfstudio's ExponentialDecayScheduler computes its multiplier with numpy, so the learning rates stored in the
 optimizer and scheduler state are numpy scalars, which torch >= 2.6 refuses to unpickle by default (nerfstudio
@@ -11,8 +14,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional, Type
 
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import Scheduler, SchedulerConfig
 from torch.optim import Optimizer, lr_scheduler
+
+
+@dataclass
+class FusedAdamOptimizerConfig(AdamOptimizerConfig):
+    """Adam with torch's fused kernel (CPU and CUDA)."""
+
+    fused: bool = True
+    """Use torch's fused Adam kernel: one pass over each tensor instead of a loop of element-wise ops."""
 
 
 @dataclass
