@@ -20,7 +20,7 @@ from nerfstudio.utils.math import components_from_spherical_harmonics
 from torch import Tensor, nn
 
 from rs_nerfstudio import grid as grids
-from rs_nerfstudio.sdf import density_from_occupancy, occupancy, weak_sdf
+from rs_nerfstudio.sdf import density_from_occupancy, level_threshold, occupancy, weak_sdf
 from rs_nerfstudio.smoothing import gaussian_blur_3d
 
 
@@ -58,6 +58,10 @@ class RSSDFField(Field):
         self.grid_shape = grids.grid_shape_for_box(self.aabb, resolution)
         self.register_buffer("voxel", grids.voxel_size(self.aabb, self.grid_shape))
         self.sigma = float(sigma)
+        self.render_sigma: Optional[float] = None
+        """A sigma for rendering only (the viewer's slider); training always uses `sigma`."""
+        self.render_level = 0.0
+        """The weak-SDF level rendered as the surface outside training (the viewer's slider)."""
         self.steepness = float(steepness)
         self.density_eps = float(density_eps)
         init_logit = math.log(initial_occupancy / (1.0 - initial_occupancy))
@@ -86,9 +90,21 @@ class RSSDFField(Field):
         """Density per unit length: 1 / voxel, so a voxel-long segment has opacity ~ G."""
         return 1.0 / self.voxel_length
 
+    @property
+    def active_sigma(self) -> float:
+        """sigma in use: the render-only one outside training when set, else the trained one."""
+        return self.render_sigma if (self.render_sigma is not None and not self.training) else self.sigma
+
+    @property
+    def active_threshold(self) -> float:
+        """The f_hat rendered as the surface: 1/2 (the zero level) in training, the viewer's level otherwise."""
+        if self.training or self.render_level == 0.0:
+            return 0.5
+        return level_threshold(self.render_level, self.active_sigma)
+
     def sigma_voxels(self, sigma: Optional[float] = None) -> Tuple[float, float, float]:
         """sigma in voxels along (D, H, W) = (z, y, x)."""
-        sigma = self.sigma if sigma is None else sigma
+        sigma = self.active_sigma if sigma is None else sigma
         return tuple(float(sigma / v) for v in self.voxel.flip(0))  # type: ignore[return-value]
 
     def base_occupancy_grid(self) -> Float[Tensor, "D H W"]:
@@ -101,7 +117,7 @@ class RSSDFField(Field):
         Recomputed whenever gradients flow (training); otherwise cached until the parameters or sigma change, so the
         viewer and evaluation blur once.
         """
-        sigma = self.sigma if sigma is None else float(sigma)
+        sigma = self.active_sigma if sigma is None else float(sigma)
         if torch.is_grad_enabled() and self.base_logits.requires_grad:
             return gaussian_blur_3d(self.base_occupancy_grid(), self.sigma_voxels(sigma))
         key = (self.base_logits._version, self.base_logits.data_ptr(), self.base_logits.device, sigma)
@@ -124,11 +140,11 @@ class RSSDFField(Field):
 
     def weak_sdf(self, points: Float[Tensor, "N 3"], smoothed_grid: Optional[Tensor] = None) -> Float[Tensor, "N"]:
         """sigma * Phi^-1(1 - f_hat): the certified distance to the surface, positive outside."""
-        return weak_sdf(self.smoothed_occupancy(points, smoothed_grid), self.sigma)
+        return weak_sdf(self.smoothed_occupancy(points, smoothed_grid), self.active_sigma)
 
     def occupancy_from_smoothed(self, smoothed: Tensor) -> Tensor:
-        """G = sigmoid(alpha (f_hat - 1/2))."""
-        return occupancy(smoothed, self.steepness)
+        """G = sigmoid(alpha (f_hat - threshold)), threshold 1/2 but for the viewer's iso-level."""
+        return occupancy(smoothed, self.steepness, self.active_threshold)
 
     def density_from_smoothed(self, smoothed: Tensor) -> Tensor:
         """Volume density from f_hat, through G."""
@@ -144,7 +160,8 @@ class RSSDFField(Field):
         grid = self.smoothed_occupancy_grid() if smoothed_grid is None else smoothed_grid
         offsets = torch.diag(self.voxel) * 0.5
         probes = torch.cat([points + offsets[i] for i in range(3)] + [points - offsets[i] for i in range(3)])
-        values = weak_sdf(grids.interpolate(grid[..., None], probes, self.aabb)[:, 0], self.sigma).reshape(6, -1)
+        values = weak_sdf(grids.interpolate(grid[..., None], probes, self.aabb)[:, 0], self.active_sigma)
+        values = values.reshape(6, -1)
         return ((values[:3] - values[3:]) / self.voxel[:, None]).T
 
     # ----- appearance -----------------------------------------------------------------------------------------
@@ -176,5 +193,5 @@ class RSSDFField(Field):
         rgb = self.colour(positions, directions).reshape(*ray_samples.frustums.shape, 3)
         outputs = {FieldHeadNames.RGB: rgb}
         if density_embedding is not None:
-            outputs[FieldHeadNames.SDF] = weak_sdf(density_embedding, self.sigma)
+            outputs[FieldHeadNames.SDF] = weak_sdf(density_embedding, self.active_sigma)
         return outputs

@@ -12,6 +12,7 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
+from nerfstudio.viewer.viewer_elements import ViewerSlider
 from torch import Tensor, nn
 from torchmetrics.functional import structural_similarity_index_measure
 from torchmetrics.image import PeakSignalNoiseRatio
@@ -114,10 +115,30 @@ class RSSDFModel(Model):
         self.rgb_loss = nn.MSELoss()
         self.psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.lpips = lpips_if_available()
+        self._add_viewer_controls()
         self.step = 0
         self._mask: Optional[Tensor] = None
         self._mask_key: Optional[Tuple] = None
         self._train_started: Optional[float] = None
+
+    def _add_viewer_controls(self) -> None:
+        """Sliders in ns-viewer / ns-train's viewer: smoothing sigma and iso-level, for rendering only."""
+        sigma = self.config.sigma
+
+        def set_sigma(slider: ViewerSlider) -> None:
+            self.field.render_sigma = float(slider.value)
+
+        def set_level(slider: ViewerSlider) -> None:
+            self.field.render_level = float(slider.value)
+
+        self.viewer_sigma = ViewerSlider(
+            "RS sigma (render only)", sigma, sigma / 4, sigma * 4, step=sigma / 20, cb_hook=set_sigma,
+            hint="Re-smooths the trained base grid with another sigma; training keeps its own.",
+        )  # fmt: skip
+        self.viewer_level = ViewerSlider(
+            "Weak-SDF iso-level", 0.0, -3 * sigma, 3 * sigma, step=sigma / 20, cb_hook=set_level,
+            hint="Renders the level set weak_sdf = level as the surface (scene units).",
+        )  # fmt: skip
 
     def get_param_groups(self) -> Dict[str, List[nn.Parameter]]:
         return {
@@ -170,7 +191,12 @@ class RSSDFModel(Model):
         if self.training:
             key: Tuple = (self.step // self.config.mask_refresh_steps,)
         else:
-            key = (self.field.base_logits._version, self.field.sigma, self.field.steepness, smoothed_grid.device)
+            key = (
+                self.field.base_logits._version,
+                self.field.active_sigma,
+                self.field.active_threshold,
+                self.field.steepness,
+            )
         if self._mask is None or self._mask_key != key or self._mask.device != smoothed_grid.device:
             occupancy_grid = self.field.occupancy_from_smoothed(smoothed_grid.detach())
             self._mask = empty_space_mask(occupancy_grid, self.config.empty_space_threshold)
@@ -187,8 +213,7 @@ class RSSDFModel(Model):
             self.empty_space_mask(smoothed_grid),
             self.field.aabb,
             self.field.voxel_length,
-            self.field.steepness,
-            self.field.density_eps,
+            self.field.density_from_smoothed,
             training=self.training,
         )
         num_rays, num_samples = ray_samples.frustums.shape
@@ -240,7 +265,7 @@ class RSSDFModel(Model):
         if active.any():
             gradients[active] = self.field.sdf_gradient(positions[active], smoothed_grid)
         normals = torch.nn.functional.normalize((weights * gradients.reshape(num_rays, num_samples, 3)).sum(1), dim=-1)
-        sdf = weak_sdf(smoothed, self.field.sigma).reshape(num_rays, num_samples)
+        sdf = weak_sdf(smoothed, self.field.active_sigma).reshape(num_rays, num_samples)
         occupancy = self.field.occupancy_from_smoothed(smoothed).reshape(num_rays, num_samples)
         return {
             "normals": (normals + 1.0) / 2.0,

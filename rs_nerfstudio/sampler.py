@@ -9,7 +9,7 @@ geometry can still appear where there is none yet), and returned as nerfstudio `
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Callable, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,6 @@ from nerfstudio.cameras.rays import RayBundle, RaySamples
 from torch import Tensor
 
 from rs_nerfstudio import grid as grids
-from rs_nerfstudio.sdf import density_from_occupancy, occupancy
 
 
 def intersect_aabb(
@@ -93,8 +92,7 @@ class OccupancyGuidedSampler:
         mask: Bool[Tensor, "D H W"],
         aabb: Float[Tensor, "2 3"],
         voxel_length: float,
-        steepness: float,
-        density_eps: float,
+        density_fn: Callable[[Tensor], Tensor],
         near: float,
     ) -> Tuple[Tensor, Tensor]:
         """Coarse bins ``[R, B+1]`` along each ray inside the box and their compositing weights ``[R, B]``."""
@@ -112,7 +110,7 @@ class OccupancyGuidedSampler:
         density = torch.zeros(points.shape[0] * num_bins, device=origins.device)
         if keep.any():
             smoothed = grids.interpolate(smoothed_grid[..., None], points.reshape(-1, 3)[keep], aabb)[:, 0]
-            density[keep] = density_from_occupancy(occupancy(smoothed, steepness), 1.0 / voxel_length, density_eps)
+            density[keep] = density_fn(smoothed)
         alphas = opacity_of_segments(density.reshape(-1, num_bins), bins[:, 1:] - bins[:, :-1])
         return bins, transmittance_weights(alphas)
 
@@ -124,14 +122,12 @@ class OccupancyGuidedSampler:
         mask: Bool[Tensor, "D H W"],
         aabb: Float[Tensor, "2 3"],
         voxel_length: float,
-        steepness: float,
-        density_eps: float,
+        density_fn: Callable[[Tensor], Tensor],
         near: float = 0.0,
         training: bool = True,
     ) -> RaySamples:
-        bins, weights = self.coarse_weights(
-            ray_bundle, smoothed_grid, mask, aabb, voxel_length, steepness, density_eps, near
-        )
+        """Samples for each ray; ``density_fn`` maps smoothed occupancy to volume density."""
+        bins, weights = self.coarse_weights(ray_bundle, smoothed_grid, mask, aabb, voxel_length, density_fn, near)
         uniform = self.uniform_fraction if training else 0.0
         total = weights.sum(dim=-1, keepdim=True)
         # Rays that see nothing fall back to uniform samples over their chord.

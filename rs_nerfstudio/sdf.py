@@ -33,9 +33,17 @@ def smoothed_occupancy_from_sdf(sdf: Float[Tensor, "*batch"], sigma: float) -> F
     return torch.special.ndtr(-sdf / sigma)
 
 
-def occupancy(smoothed_occupancy: Float[Tensor, "*batch"], steepness: float) -> Float[Tensor, "*batch"]:
-    """G = sigmoid(alpha (f_hat - 1/2)): a sharp occupancy whose 1/2-level set is the weak SDF's zero set."""
-    return torch.sigmoid(steepness * (smoothed_occupancy - 0.5))
+def occupancy(
+    smoothed_occupancy: Float[Tensor, "*batch"], steepness: float, threshold: float = 0.5
+) -> Float[Tensor, "*batch"]:
+    """G = sigmoid(alpha (f_hat - threshold)): a sharp occupancy whose 1/2-level set is the weak SDF's zero set for
+    the default threshold 1/2, and its level set sdf = l for threshold = :func:`level_threshold` (l)."""
+    return torch.sigmoid(steepness * (smoothed_occupancy - threshold))
+
+
+def level_threshold(level: float, sigma: float) -> float:
+    """The f_hat whose weak SDF is ``level``: Phi(-level / sigma)."""
+    return float(torch.special.ndtr(torch.tensor(-level / sigma, dtype=torch.float64)))
 
 
 def density_from_occupancy(
