@@ -52,9 +52,8 @@ def trilinear_corners(
     """
     depth, height, width = shape
     dims = torch.tensor([width, height, depth], device=points.device, dtype=points.dtype)
-    continuous = ((points - aabb[0]) / (aabb[1] - aabb[0]) * dims - 0.5).clamp(min=0.0)
-    continuous = torch.minimum(continuous, dims - 1.0 - 1e-4)
-    lower = continuous.floor()
+    continuous = torch.minimum(((points - aabb[0]) / (aabb[1] - aabb[0]) * dims - 0.5).clamp(min=0.0), dims - 1.0)
+    lower = torch.minimum(continuous.floor(), dims - 2.0)
     frac = continuous - lower
     lower = lower.long()
     base = (lower[:, 2] * height + lower[:, 1]) * width + lower[:, 0]

@@ -1,0 +1,66 @@
+"""Cell-centred grids: interpolation against grid_sample, gradients, layout, memory estimate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rs_nerfstudio import grid as grids
+
+AABB = torch.tensor([[-1.0, -2.0, 0.0], [1.0, 2.0, 3.0]])
+
+
+def grid_sample_reference(grid: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """torch's own trilinear interpolation, with the border-clamp convention of :func:`grids.interpolate`."""
+    coords = ((points - AABB[0]) / (AABB[1] - AABB[0]) * 2 - 1).reshape(1, -1, 1, 1, 3)
+    channels_first = grid.permute(3, 0, 1, 2)[None]
+    out = F.grid_sample(channels_first, coords, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.reshape(grid.shape[-1], -1).T
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 9), (12, 6, 4)])
+def test_interpolate_matches_grid_sample(shape) -> None:
+    torch.manual_seed(0)
+    grid = torch.randn(*shape, 3, dtype=torch.float64)
+    points = AABB[0] + torch.rand(500, 3, dtype=torch.float64) * (AABB[1] - AABB[0]) * 1.2 - 0.1 * (AABB[1] - AABB[0])
+    ours = grids.interpolate(grid, points, AABB.double())
+    torch.testing.assert_close(ours, grid_sample_reference(grid, points), atol=1e-6, rtol=0)
+
+
+def test_interpolate_is_exact_at_voxel_centres() -> None:
+    shape = (4, 5, 6)
+    grid = torch.arange(4 * 5 * 6, dtype=torch.float32).reshape(*shape, 1)
+    centres = grids.grid_coords_of_nodes(AABB, shape)
+    torch.testing.assert_close(grids.interpolate(grid, centres.reshape(-1, 3), AABB)[:, 0], grid.reshape(-1))
+
+
+def test_gradient_matches_autograd_of_grid_sample() -> None:
+    torch.manual_seed(1)
+    grid = torch.randn(6, 5, 4, 2, dtype=torch.float64, requires_grad=True)
+    points = AABB[0] + torch.rand(300, 3, dtype=torch.float64) * (AABB[1] - AABB[0])
+    weights = torch.randn(300, 2, dtype=torch.float64)
+    (grids.interpolate(grid, points, AABB.double()) * weights).sum().backward()
+    ours = grid.grad.clone()
+    grid.grad = None
+    (grid_sample_reference(grid, points) * weights).sum().backward()
+    torch.testing.assert_close(ours, grid.grad)
+
+
+def test_grid_shape_keeps_voxels_near_cubic() -> None:
+    shape = grids.grid_shape_for_box(AABB, 64)
+    assert shape == (48, 64, 32)  # (D, H, W) = (z, y, x) for extents (2, 4, 3)
+    size = grids.voxel_size(AABB, shape)
+    assert float(size.max() / size.min()) < 1.02
+
+
+def test_nearest_voxel_index_and_inside() -> None:
+    shape = (3, 3, 3)
+    box = torch.tensor([[0.0, 0.0, 0.0], [3.0, 3.0, 3.0]])
+    flat, inside = grids.nearest_voxel_index(torch.tensor([[0.5, 0.5, 0.5], [2.5, 1.5, 0.5], [3.5, 0.5, 0.5]]), box, shape)
+    assert flat[:2].tolist() == [0, 2 + 3] and inside.tolist() == [True, True, False]
+
+
+def test_memory_estimate_grows_with_voxels() -> None:
+    assert grids.training_memory_bytes(128**3) == 128**3 * 4 * grids.TRAINING_COPIES
+    assert grids.available_memory_bytes("cpu") > 0
