@@ -85,10 +85,15 @@ def extract_mesh(
     for index, start in enumerate(starts):
         stop = tuple(min(s + block + 1, n) for s, n in zip(start, lattice.counts))
         values = evaluate_block(sdf_fn, lattice, start, stop)
+        # Nodes within rounding error of the level are moved just off it: they would make degenerate triangles, and
+        # neighbouring blocks, which evaluate the shared nodes in other batches, could see opposite signs.
+        snap = 1e-4 * lattice.spacing
+        values = np.where(np.abs(values - level) < snap, level + snap, values)
         if min(values.shape) >= 2 and values.min() < level < values.max():
             crossed = True
-            nudged = np.where(values == level, level + 1e-7, values)  # nodes on the level make degenerate triangles
-            block_vertices, block_faces, _, _ = marching_cubes(nudged, level=level, gradient_direction="descent")
+            block_vertices, block_faces, _, _ = marching_cubes(
+                values, level=level, gradient_direction="descent", allow_degenerate=False
+            )
             vertices.append(block_vertices + np.asarray(start))
             faces.append(block_faces + offset)
             offset += len(block_vertices)
@@ -102,8 +107,17 @@ def extract_mesh(
 
 
 def weld(vertices: np.ndarray, faces: np.ndarray, lattice: Lattice) -> Tuple[np.ndarray, np.ndarray]:
-    """Merge the vertices that neighbouring blocks both produced on their shared faces (lattice units in, world out)."""
-    keys = np.round(vertices * 1e4).astype(np.int64)
+    """Merge the vertices that neighbouring blocks both produced on their shared faces (lattice units in, world out).
+
+    Every marching-cubes vertex lies on one lattice edge, so the edge (its lower node and its axis) identifies it
+    exactly, even where two blocks computed its position a rounding error apart.
+    """
+    offset_from_node = np.abs(vertices - np.round(vertices))
+    axis = offset_from_node.argmax(axis=1)
+    nodes = np.round(vertices).astype(np.int64)
+    rows = np.arange(len(vertices))
+    nodes[rows, axis] = np.floor(vertices[rows, axis]).astype(np.int64)
+    keys = np.concatenate([nodes, axis[:, None]], axis=1)
     _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
     welded = vertices[first] * lattice.spacing + lattice.origin
     return welded, inverse.reshape(-1)[faces]

@@ -1,0 +1,107 @@
+"""Block-wise marching cubes: the same mesh as one call, no seams; exports from a real run."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from scipy.spatial import cKDTree
+
+from rs_nerfstudio.export import Lattice, extract_mesh, weld
+from rs_nerfstudio.scenes import get_shape
+from rs_nerfstudio.validation import InputError
+from tests.conftest import command
+from tests.test_integration import trained_run  # noqa: F401 - the module's 60-step run, shared
+
+
+def same_triangles(first, second, tolerance: float = 1e-5) -> bool:
+    """Every triangle of each mesh has a twin in the other whose corners are within ``tolerance`` (any order)."""
+    def signature(vertices, faces):
+        corners = np.sort(vertices[faces].view("f8,f8,f8").reshape(len(faces), 3), axis=1)
+        return corners.view(np.float64).reshape(len(faces), 9)
+
+    a, b = signature(*first), signature(*second)
+    return len(a) == len(b) and bool((cKDTree(b).query(a)[0] < tolerance).all() and (cKDTree(a).query(b)[0] < tolerance).all())
+
+
+@pytest.mark.parametrize("shape", ["sphere", "torus", "union"])
+def test_blockwise_equals_one_shot(shape: str) -> None:
+    sdf = get_shape(shape).sdf
+    lattice = Lattice.over_box((-1.5, -1.5, -1.5), (1.5, 1.5, 1.5), 64)
+    whole = extract_mesh(sdf, lattice, block=1000)
+    blocks = extract_mesh(sdf, lattice, block=10)  # 63 cells in blocks of 10: an uneven last block on purpose
+    assert len(blocks[0]) == len(whole[0]) and len(blocks[1]) == len(whole[1])  # no duplicated vertices
+    assert cKDTree(whole[0]).query(blocks[0])[0].max() < 1e-5  # the same vertices
+    mesh, reference = trimesh.Trimesh(*blocks, process=False), trimesh.Trimesh(*whole, process=False)
+    assert mesh.is_watertight and mesh.volume > 0  # no seams, outward-facing
+    assert mesh.area == pytest.approx(reference.area, rel=1e-6)
+    assert mesh.volume == pytest.approx(reference.volume, rel=1e-6)
+    if shape != "union":
+        # The same triangles too. (The union's box has faces in lattice planes, whose flat quads marching cubes may
+        # split along either diagonal at a block border: the same surface, triangulated differently.)
+        assert same_triangles(blocks, whole)
+
+
+def test_mesh_is_on_the_surface() -> None:
+    sdf = get_shape("sphere").sdf
+    lattice = Lattice.over_box((-1.5, -1.5, -1.5), (1.5, 1.5, 1.5), 33)
+    vertices, _ = extract_mesh(sdf, lattice, block=9)
+    residual = sdf(torch.from_numpy(vertices).float()).abs()
+    assert float(residual.max()) < 0.1 * lattice.spacing
+
+
+def test_weld_merges_shared_vertices_only() -> None:
+    lattice = Lattice(np.zeros(3), 0.5, (3, 3, 3))
+    vertices = np.array([[0.0, 0.0, 0.25], [1.0, 0.0, 0.25], [0.0, 0.0, 0.25], [0.0, 1.0, 0.25]])
+    welded, faces = weld(vertices, np.array([[0, 1, 3], [2, 3, 1]]), lattice)
+    assert len(welded) == 3 and faces[0, 0] == faces[1, 0]
+    np.testing.assert_allclose(welded[faces[0, 1]], [0.5, 0.0, 0.125])
+
+
+def test_no_zero_crossing_is_refused() -> None:
+    lattice = Lattice.over_box((-1, -1, -1), (1, 1, 1), 9)
+    with pytest.raises(InputError, match="no 0.0 crossing"):
+        extract_mesh(lambda p: p.norm(dim=-1) + 1.0, lattice)
+
+
+def test_rs_export_from_a_run(trained_run: Path, tmp_path: Path) -> None:  # noqa: F811
+    out = tmp_path / "out"
+    for args in (["mesh", "--resolution", "48", "--keep-components", "1"], ["sdf", "--resolution", "24"],
+                 ["slices", "--resolution", "64"]):  # fmt: skip
+        result = subprocess.run(
+            [command("rs-export"), *args, "--load-config", str(trained_run), "--output-dir", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+    mesh = trimesh.load(out / "mesh.ply", process=False)
+    assert len(mesh.faces) > 100 and mesh.visual.vertex_colors.shape[0] == len(mesh.vertices)
+    data = np.load(out / "weak_sdf.npz")
+    assert data["sdf"].shape == (24, 24, 24) and str(data["sign_convention"]) == "positive outside"
+    assert float(data["sigma"]) == pytest.approx(0.0625)
+    assert {p.name for p in out.glob("slice_*.png")} == {"slice_xy.png", "slice_xz.png", "slice_yz.png"}
+    # An existing file is not overwritten without --overwrite, and nothing partial is left.
+    result = subprocess.run(
+        [command("rs-export"), "sdf", "--load-config", str(trained_run), "--output-dir", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1 and "--overwrite" in result.stderr.strip().splitlines()[-1]
+    assert not list(out.glob(".*"))
+
+
+def test_run_without_checkpoint_is_refused(trained_run: Path, tmp_path: Path) -> None:  # noqa: F811
+    import yaml
+
+    from rs_nerfstudio.runs import load_model
+
+    config = yaml.load(trained_run.read_text(), Loader=yaml.Loader)
+    config.output_dir = tmp_path / "elsewhere"  # the same run, moved without its checkpoints
+    moved = tmp_path / "config.yml"
+    moved.write_text(yaml.dump(config))
+    with pytest.raises(InputError, match="no checkpoint in"):
+        load_model(moved)
+    with pytest.raises(InputError, match="no run config"):
+        load_model(tmp_path / "missing.yml")

@@ -1,0 +1,63 @@
+"""rs-eval-geometry: metrics that match known answers, and clear errors for meshes it cannot use."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+import trimesh
+
+from rs_nerfstudio.geometry import load_mesh, mesh_metrics, weak_sdf_metrics
+from rs_nerfstudio.validation import InputError
+from tests.conftest import command
+from tests.test_integration import trained_run  # noqa: F401 - the module's 60-step run, shared
+
+
+@pytest.fixture(scope="module")
+def unit_sphere() -> trimesh.Trimesh:
+    return trimesh.creation.icosphere(subdivisions=5, radius=1.0)
+
+
+def test_concentric_spheres(unit_sphere) -> None:
+    larger = trimesh.creation.icosphere(subdivisions=5, radius=1.02)
+    metrics = mesh_metrics(larger, unit_sphere, num_points=50_000)
+    assert metrics["bbox_diagonal"] == pytest.approx(2 * math.sqrt(3), rel=1e-3)
+    assert metrics["chamfer_l1"] == pytest.approx(0.02, abs=3e-3)  # 0.02 between the surfaces, plus sampling
+    assert metrics["f_score@0.5%"] < 0.01  # 0.02 > 0.5% of 3.46
+    assert metrics["f_score@1.0%"] > 0.99  # 0.02 < 1% of 3.46
+    assert metrics["normal_consistency"] > 0.99
+
+
+def test_identical_meshes(unit_sphere) -> None:
+    metrics = mesh_metrics(unit_sphere, unit_sphere, num_points=50_000)
+    assert metrics["chamfer_l1"] < 0.01 and metrics["f_score@0.5%"] > 0.95
+
+
+def test_unreadable_and_open_meshes(tmp_path: Path, unit_sphere) -> None:
+    broken = tmp_path / "broken.ply"
+    broken.write_text("ply\nthis is not a mesh\n")
+    with pytest.raises(InputError, match="broken.ply"):
+        load_mesh(broken)
+    with pytest.raises(InputError, match="not found"):
+        load_mesh(tmp_path / "absent.ply")
+    open_mesh = trimesh.Trimesh(unit_sphere.vertices, unit_sphere.faces[10:], process=False)
+    with pytest.raises(InputError, match="not watertight"):
+        weak_sdf_metrics(model=None, ground_truth=open_mesh)
+
+
+def test_cli_on_a_run(trained_run: Path, tiny_scene: Path, tmp_path: Path) -> None:  # noqa: F811
+    output = tmp_path / "geometry.json"
+    result = subprocess.run(
+        [command("rs-eval-geometry"), "--mesh", str(tiny_scene / "mesh.ply"), "--gt-mesh", str(tiny_scene / "mesh.ply"),
+         "--load-config", str(trained_run), "--output", str(output), "--num-points", "20000"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    metrics = json.loads(output.read_text())
+    assert metrics["f_score@1.0%"] > 0.99  # the ground truth against itself
+    assert metrics["band_points"] > 1000 and math.isfinite(metrics["weak_sdf_median_abs_error"])
+    assert 0.0 <= metrics["bound_violated_fraction"] <= 1.0
