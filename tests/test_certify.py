@@ -1,0 +1,93 @@
+"""Monte-Carlo CERTIFY against closed forms and scipy, and the grid's radius against it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import beta, norm
+
+from rs_nerfstudio.certify import (
+    certify_monte_carlo,
+    check_points,
+    check_sample_sizes,
+    clopper_pearson_lower,
+    hoeffding_lower,
+    load_points,
+)
+from rs_nerfstudio.sdf import weak_sdf
+from rs_nerfstudio.smoothing import gaussian_blur_3d
+from rs_nerfstudio.validation import InputError
+
+
+def test_clopper_pearson_against_reference_values() -> None:
+    # Exact one-sided bounds: all-successes is alpha^(1/n); others are scipy's beta quantile.
+    assert clopper_pearson_lower(np.array([100]), 100, 0.001)[0] == pytest.approx(0.001 ** (1 / 100))
+    assert clopper_pearson_lower(np.array([0]), 100, 0.05)[0] == 0.0
+    assert clopper_pearson_lower(np.array([50]), 100, 0.05)[0] == pytest.approx(beta.ppf(0.05, 50, 51))
+    assert clopper_pearson_lower(np.array([50]), 100, 0.05)[0] == pytest.approx(0.4136, abs=1e-4)  # tabulated
+    assert clopper_pearson_lower(np.array([9]), 10, 0.05)[0] == pytest.approx(0.6058, abs=1e-4)
+
+
+def test_hoeffding_bound() -> None:
+    assert hoeffding_lower(np.array([0.9]), 1000, 0.01)[0] == pytest.approx(0.9 - math.sqrt(math.log(100) / 2000))
+
+
+def test_sample_sizes_that_can_never_certify_are_refused() -> None:
+    with pytest.raises(InputError, match="needs n >= 10"):
+        check_sample_sizes(100, 9, 0.001)  # 0.001^(1/9) = 0.46 <= 1/2
+    check_sample_sizes(100, 10, 0.001)  # 0.001^(1/10) = 0.501
+    with pytest.raises(InputError, match="n0"):
+        check_sample_sizes(0, 1000, 0.001)
+    with pytest.raises(InputError, match="soft"):
+        check_sample_sizes(100, 13, 0.001, mode="soft")
+
+
+def half_space(points: torch.Tensor) -> torch.Tensor:
+    """Inside where x < 0.1."""
+    return (points[:, 0] < 0.1).float()
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_half_space_radius_is_the_signed_distance(mode: str) -> None:
+    sigma = 0.2
+    points = torch.tensor([[x, 0.3, -0.2] for x in (-0.25, -0.1, 0.0, 0.2, 0.35)])
+    result = certify_monte_carlo(half_space, points, sigma, n0=100, n=100_000, alpha=0.001, mode=mode)
+    distance = points[:, 0].numpy() - 0.1
+    assert not result.abstain.any()
+    # The lower confidence bound makes the radius slightly smaller than the distance, never larger (w.p. 1 - alpha).
+    assert (np.abs(result.radius) <= np.abs(distance) + 1e-9).all()
+    assert np.abs(result.radius - distance).max() < 0.06 * sigma
+    assert (np.sign(result.radius) == np.sign(distance)).all()
+
+
+def test_grid_radius_matches_half_space_distance() -> None:
+    """The grid's blur of the same half-space gives the same radius, exactly up to discretisation."""
+    sigma_vox, voxel = 2.0, 0.05
+    size = 40
+    centres = (torch.arange(size, dtype=torch.float64) - size / 2 + 0.5) * voxel
+    fraction = ((0.1 - centres) / voxel + 0.5).clamp(0, 1)  # volume fraction of each voxel with x < 0.1
+    grid = fraction[None, None, :].expand(4, 4, size).contiguous()
+    radius = weak_sdf(gaussian_blur_3d(grid, (0.0, 0.0, sigma_vox))[2, 2], sigma_vox * voxel)
+    band = (centres - 0.1).abs() < 2 * sigma_vox * voxel
+    assert float((radius - (centres - 0.1))[band].abs().max()) < 0.03 * sigma_vox * voxel
+
+
+def test_abstains_on_the_surface() -> None:
+    result = certify_monte_carlo(half_space, torch.tensor([[0.1, 0.0, 0.0]]), 0.2, n0=100, n=1000, alpha=0.001)
+    assert result.abstain.all() and np.isnan(result.radius).all()
+
+
+def test_bad_points(tmp_path) -> None:
+    box = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    with pytest.raises(InputError, match="NaN"):
+        check_points(torch.tensor([[0.0, 0.0, 0.0], [float("nan"), 0.0, 0.0]]), box, "q.npy")
+    with pytest.raises(InputError, match="1 of 2 query points lie outside"):
+        check_points(torch.tensor([[0.0, 0.0, 0.0], [0.0, 2.0, 0.0]]), box, "q.npy")
+    csv = tmp_path / "q.csv"
+    csv.write_text("x,y,z\n0.1,0.2,0.3\n-0.5,0,0.25\n")
+    torch.testing.assert_close(load_points(csv), torch.tensor([[0.1, 0.2, 0.3], [-0.5, 0.0, 0.25]]))
+    with pytest.raises(InputError, match="not found"):
+        load_points(tmp_path / "absent.npy")
