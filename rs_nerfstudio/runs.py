@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def load_model(config_path: Path) -> Tuple["RSSDFModel", int]:
-    """The trained model of a run (CUDA if present, else CPU) and its step; no dataset images are loaded."""
+    """The trained model of a run (CUDA if present, else CPU) and its step. The dataset is not needed."""
     import yaml
 
     config_path = Path(config_path)
@@ -30,7 +30,26 @@ def load_model(config_path: Path) -> Tuple["RSSDFModel", int]:
     if not checkpoints:
         raise InputError(f"no checkpoint in {config.get_checkpoint_dir()}: the run has not saved one yet")
 
-    from nerfstudio.utils.eval_utils import eval_setup
+    return model_from_checkpoint(config, checkpoints[-1])
 
-    _, pipeline, _, step = eval_setup(config_path, test_mode="inference")
-    return pipeline.model, step
+
+def model_from_checkpoint(config, checkpoint: Path) -> Tuple["RSSDFModel", int]:
+    """Rebuild the model from its config and checkpoint alone: the scene box is in the checkpoint, so the dataset
+    need not be where training found it (nerfstudio's eval_setup would parse it again)."""
+    import torch
+    from nerfstudio.data.scene_box import SceneBox
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    prefix = "_model."
+    model_state = {
+        key.removeprefix("module.")[len(prefix) :]: value
+        for key, value in state["pipeline"].items()
+        if key.removeprefix("module.").startswith(prefix)
+    }
+    if "field.aabb" not in model_state:
+        raise InputError(f"{checkpoint} holds no rs-sdf field")
+    model = config.pipeline.model.setup(scene_box=SceneBox(aabb=model_state["field.aabb"]), num_train_data=0)
+    model.update_to_step(state["step"])
+    model.load_state_dict(model_state)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval(), int(state["step"])

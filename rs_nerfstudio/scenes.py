@@ -1,9 +1,10 @@
 """``rs-scene``: Blender-format scenes of analytic shapes whose signed distances are known exactly.
 
 Tests and benchmarks need scenes with a ground truth for geometry: a sphere, a rounded box, a torus and a CSG union,
-each with a closed-form SDF (positive outside). They are sphere-traced into NeRF-synthetic folders (RGBA PNGs and
-``transforms_*.json``, which nerfstudio's Blender dataparser reads) with a view-independent procedural colour, and
-the ground truth is saved beside them: ``mesh.ply`` (marching cubes on the exact SDF) and ``sdf.npz``.
+each with a closed-form SDF (positive outside, nerfstudio's convention). They are sphere-traced into NeRF-synthetic
+folders (RGBA PNGs and ``transforms_*.json``, which nerfstudio's Blender dataparser reads) with a view-independent
+procedural colour, and the ground truth is saved beside them: ``mesh.ply`` (marching cubes on the exact SDF) and
+``sdf.npz`` (the exact SDF on a grid, readable with numpy alone).
 """
 
 from __future__ import annotations
@@ -14,43 +15,57 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Tuple
 
 import numpy as np
 import torch
 import tyro
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
+if TYPE_CHECKING:
+    import trimesh
+
 SCENE_BOX = 1.5
-"""Half-size of the Blender dataparser's scene box; every shape lies well inside it."""
+"""Half-size of the Blender dataparser's scene box; every shape lies within [-1.2, 1.2]^3, well inside it."""
 CAMERA_RADIUS = 4.0
+"""Distance of every camera from the origin, as in NeRF-synthetic."""
 CAMERA_ANGLE_X = 0.6911112070083618
-"""Horizontal field of view of the NeRF-synthetic scenes."""
-LIGHT = torch.tensor([0.4, 0.3, 0.85]) / math.sqrt(0.4**2 + 0.3**2 + 0.85**2)
+"""Horizontal field of view of the NeRF-synthetic scenes (Lego's)."""
+LIGHT = torch.nn.functional.normalize(torch.tensor([0.4, 0.3, 0.85]), dim=0)
+"""Direction towards the fixed directional light (from above)."""
+AMBIENT = 0.4
+"""Ambient share of the shading, so that faces turned away from the light are still well lit."""
 
-SDF = Callable[[Tensor], Tensor]
+SDF = Callable[[Float[Tensor, "*batch 3"]], Float[Tensor, "*batch"]]
+Albedo = Callable[[Float[Tensor, "*batch 3"]], Float[Tensor, "*batch 3"]]
+Vector = Tuple[float, float, float]
 
 
-def sphere(radius: float, centre: Tuple[float, float, float] = (0.0, 0.0, 0.0)) -> SDF:
+class SceneError(ValueError):
+    """Unusable input to the generator; the message says which and why, on one line."""
+
+
+# ----- shapes -----------------------------------------------------------------------------------------------------
+def sphere(radius: float, centre: Vector = (0.0, 0.0, 0.0)) -> SDF:
     """Exact SDF of a ball."""
     c = torch.tensor(centre)
     return lambda p: (p - c).norm(dim=-1) - radius
 
 
-def rounded_box(half: Tuple[float, float, float], radius: float, centre=(0.0, 0.0, 0.0)) -> SDF:
-    """Exact SDF of an axis-aligned box with edges rounded by ``radius``."""
-    c, b = torch.tensor(centre), torch.tensor(half)
+def rounded_box(half: Vector, radius: float = 0.0, centre: Vector = (0.0, 0.0, 0.0)) -> SDF:
+    """Exact SDF of an axis-aligned box of half-sizes ``half`` whose edges are rounded by ``radius`` (0: sharp)."""
+    c, inner = torch.tensor(centre), torch.tensor(half) - radius
 
     def sdf(p: Tensor) -> Tensor:
-        q = (p - c).abs() - (b - radius)
+        q = (p - c).abs() - inner
         return q.clamp_min(0).norm(dim=-1) + q.amax(dim=-1).clamp_max(0) - radius
 
     return sdf
 
 
-def torus(major: float, minor: float, centre=(0.0, 0.0, 0.0)) -> SDF:
-    """Exact SDF of a torus around the z axis."""
+def torus(major: float, minor: float, centre: Vector = (0.0, 0.0, 0.0)) -> SDF:
+    """Exact SDF of a torus around the z axis: tube radius ``minor`` around a circle of radius ``major``."""
     c = torch.tensor(centre)
 
     def sdf(p: Tensor) -> Tensor:
@@ -62,22 +77,26 @@ def torus(major: float, minor: float, centre=(0.0, 0.0, 0.0)) -> SDF:
 
 
 def union(*parts: SDF) -> SDF:
-    """CSG union: the minimum. Exact outside; inside it is a lower bound of the distance's magnitude."""
+    """CSG union: the minimum of the parts' SDFs.
+
+    Exact outside the union; inside, where the parts overlap, it is only a lower bound of the distance's magnitude.
+    Sphere tracing needs exactness only outside, so renders are unaffected.
+    """
     return lambda p: torch.stack([part(p) for part in parts], dim=0).amin(dim=0)
 
 
 def stripes(p: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch 3"]:
-    """A smooth procedural albedo: low-frequency colour waves, in [0.2, 0.9]."""
+    """Smooth procedural albedo: colour waves of ~1.3 units' period, each channel in [0.3, 0.9], never grey."""
     phase = torch.tensor([0.0, 2.1, 4.2])
-    return 0.55 + 0.35 * torch.sin(4.0 * p[..., [0, 1, 2]] + 3.0 * p[..., [1, 2, 0]] + phase)
+    return 0.6 + 0.3 * torch.sin(4.0 * p + 3.0 * p[..., [1, 2, 0]] + phase)
 
 
 @dataclass(frozen=True)
 class Shape:
-    """An analytic shape: exact signed distance (positive outside) and albedo at world points."""
+    """An analytic shape: exact signed distance (positive outside) and a view-independent albedo at world points."""
 
     sdf: SDF
-    albedo: Callable[[Tensor], Tensor] = stripes
+    albedo: Albedo = stripes
 
 
 SHAPES: Dict[str, Shape] = {
@@ -92,21 +111,24 @@ SHAPES: Dict[str, Shape] = {
         )
     ),
 }
+"""The presets, by name: a ball, a rounded box, a torus, and a ball and a box standing in a thin torus."""
 
 
 def get_shape(name: str) -> Shape:
     """The preset called ``name``."""
     if name not in SHAPES:
-        raise ValueError(f"unknown shape '{name}'; choose one of {', '.join(SHAPES)}")
+        raise SceneError(f"unknown shape '{name}'; choose one of {', '.join(SHAPES)}")
     return SHAPES[name]
 
 
-# ----- cameras and rendering --------------------------------------------------------------------------------------
+# ----- cameras ----------------------------------------------------------------------------------------------------
 def look_at(eye: Float[Tensor, "3"]) -> Float[Tensor, "4 4"]:
-    """Camera-to-world matrix (Blender/OpenGL: the camera looks down its -z, y up) of a camera aimed at the origin."""
+    """Camera-to-world matrix (Blender/OpenGL: the camera looks down its -z, y up) of a camera aimed at the origin.
+
+    World z is up; ``eye`` must not be on the z axis.
+    """
     forward = -eye / eye.norm()
-    right = torch.linalg.cross(forward, torch.tensor([0.0, 0.0, 1.0]))
-    right = right / right.norm()
+    right = torch.nn.functional.normalize(torch.linalg.cross(forward, torch.tensor([0.0, 0.0, 1.0])), dim=0)
     up = torch.linalg.cross(right, forward)
     c2w = torch.eye(4)
     c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, up, -forward, eye
@@ -114,72 +136,115 @@ def look_at(eye: Float[Tensor, "3"]) -> Float[Tensor, "4 4"]:
 
 
 def camera_positions(count: int, generator: torch.Generator, spiral: bool) -> Float[Tensor, "count 3"]:
-    """Points on the camera sphere, from a little below the equator to near the pole (Fibonacci or random)."""
+    """Points on the camera sphere from a little below the equator to near the pole, uniform by area.
+
+    ``spiral``: a Fibonacci spiral (evenly spread, for training) with a random azimuth; otherwise random points.
+    """
     if spiral:
         index = torch.arange(count, dtype=torch.float32) + 0.5
         z = -0.25 + 1.15 * index / count
-        azimuth = index * math.pi * (3.0 - math.sqrt(5.0))
+        azimuth = index * math.pi * (3.0 - math.sqrt(5.0)) + 2 * math.pi * torch.rand(1, generator=generator)
     else:
         z = -0.25 + 1.15 * torch.rand(count, generator=generator)
         azimuth = 2 * math.pi * torch.rand(count, generator=generator)
-    z = z.clamp(max=0.95)
     ring = (1 - z**2).sqrt()
     return CAMERA_RADIUS * torch.stack([ring * azimuth.cos(), ring * azimuth.sin(), z], dim=-1)
 
 
-def shading_normals(shape: Shape, points: Tensor, step: float = 1e-3) -> Tensor:
+def scene_cameras(num_train: int, num_val: int, num_test: int, seed: int) -> Dict[str, Float[Tensor, "n 4 4"]]:
+    """Camera-to-world matrices of each split: a spiral for train, random views (distinct from it) for val and test."""
+    generator = torch.Generator().manual_seed(seed)
+    eyes = {
+        "train": camera_positions(num_train, generator, spiral=True),
+        "val": camera_positions(num_val, generator, spiral=False),
+        "test": camera_positions(num_test, generator, spiral=False),
+    }
+    return {split: torch.stack([look_at(eye) for eye in split_eyes]) for split, split_eyes in eyes.items()}
+
+
+# ----- rendering --------------------------------------------------------------------------------------------------
+def sphere_trace(
+    sdf: SDF,
+    origins: Float[Tensor, "rays 3"],
+    directions: Float[Tensor, "rays 3"],
+    steps: int = 96,
+    epsilon: float = 1e-4,
+) -> Tuple[Bool[Tensor, "rays"], Float[Tensor, "rays 3"]]:
+    """March unit-length rays by the SDF until it falls below ``epsilon``; which rays hit, and where.
+
+    Rays start and stop where they enter and leave the sphere around the scene box, and only rays still marching are
+    evaluated, so most of the budget of ``steps`` goes to the few rays that graze the surface.
+    """
+    bound = SCENE_BOX * math.sqrt(3.0)
+    middle = -(origins * directions).sum(dim=-1)
+    half_chord = (middle**2 - (origins**2).sum(dim=-1) + bound**2).clamp_min(0).sqrt()
+    t, far = (middle - half_chord).clamp_min(0), middle + half_chord
+    hit = torch.zeros_like(t, dtype=torch.bool)
+    marching = (half_chord > 0).nonzero().squeeze(-1)
+    for _ in range(steps):
+        if marching.numel() == 0:
+            break
+        distance = sdf(origins[marching] + directions[marching] * t[marching, None])
+        t[marching] += distance
+        converged = distance < epsilon
+        hit[marching[converged]] = True
+        marching = marching[~converged & (t[marching] < far[marching])]
+    return hit, origins + directions * t[:, None]
+
+
+def shading_normals(sdf: SDF, points: Float[Tensor, "*batch 3"], step: float = 1e-3) -> Float[Tensor, "*batch 3"]:
     """Unit normals from central differences of the SDF."""
-    offsets = torch.eye(3) * step
-    grad = torch.stack([shape.sdf(points + o) - shape.sdf(points - o) for o in offsets], dim=-1)
-    return torch.nn.functional.normalize(grad, dim=-1)
+    gradient = torch.stack([sdf(points + offset) - sdf(points - offset) for offset in torch.eye(3) * step], dim=-1)
+    return torch.nn.functional.normalize(gradient, dim=-1)
+
+
+def shade(shape: Shape, points: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch 3"]:
+    """View-independent colour of surface points: albedo times ambient plus Lambertian light."""
+    lambert = (shading_normals(shape.sdf, points) @ LIGHT).clamp_min(0)
+    return (shape.albedo(points) * (AMBIENT + (1 - AMBIENT) * lambert[..., None])).clamp(0, 1)
 
 
 def render_view(
-    shape: Shape, c2w: Tensor, size: int, supersample: int = 2, steps: int = 96
+    shape: Shape, c2w: Float[Tensor, "4 4"], size: int, supersample: int = 2, steps: int = 96
 ) -> Float[Tensor, "size size 4"]:
-    """Sphere-trace one view; RGB (Lambert + ambient, not premultiplied) and coverage alpha."""
+    """Sphere-trace a square view with ``supersample^2`` rays per pixel: RGB (not premultiplied) and coverage alpha.
+
+    Pixels follow nerfstudio's pinhole model for Blender data: centres at (i + 0.5), principal point at the image
+    centre, focal length from :data:`CAMERA_ANGLE_X`; background pixels are (0, 0, 0, 0).
+    """
     focal = 0.5 * size / math.tan(0.5 * CAMERA_ANGLE_X)
-    sub = (torch.arange(supersample) + 0.5) / supersample
+    offsets = (torch.arange(supersample) + 0.5) / supersample
     pixel = torch.arange(size, dtype=torch.float32)
-    v, u = torch.meshgrid(pixel, pixel, indexing="ij")
-    u = (u[..., None, None] + sub[None, :]).expand(size, size, supersample, supersample)
-    v = (v[..., None, None] + sub[:, None]).expand(size, size, supersample, supersample)
-    dirs_cam = torch.stack([(u - size / 2) / focal, -(v - size / 2) / focal, -torch.ones_like(u)], dim=-1)
-    dirs = torch.nn.functional.normalize(dirs_cam @ c2w[:3, :3].T, dim=-1).reshape(-1, 3)
-    origin = c2w[:3, 3]
-    t = torch.full((dirs.shape[0],), CAMERA_RADIUS - SCENE_BOX * math.sqrt(3))
-    hit = torch.zeros_like(t, dtype=torch.bool)
-    far = CAMERA_RADIUS + SCENE_BOX * math.sqrt(3)
-    for _ in range(steps):
-        distance = shape.sdf(origin + dirs * t[:, None])
-        hit |= distance < 1e-4
-        t = torch.where(hit | (t > far), t, t + distance)
-    points = origin + dirs * t[:, None]
-    lambert = (shading_normals(shape, points) @ LIGHT).clamp_min(0)
-    rgb = (shape.albedo(points) * (0.35 + 0.65 * lambert[:, None])).clamp(0, 1) * hit[:, None]
-    rgb = rgb.reshape(size, size, -1, 3).sum(dim=2)
-    alpha = hit.float().reshape(size, size, -1).mean(dim=2)
-    rgb = rgb / (alpha[..., None] * supersample**2).clamp_min(1e-8)
-    return torch.cat([rgb, alpha[..., None]], dim=-1)
+    v = (pixel[:, None, None, None] + offsets[None, None, :, None]).expand(size, size, supersample, supersample)
+    u = (pixel[None, :, None, None] + offsets[None, None, None, :]).expand(size, size, supersample, supersample)
+    camera_dirs = torch.stack([(u - size / 2) / focal, -(v - size / 2) / focal, -torch.ones_like(u)], dim=-1)
+    directions = torch.nn.functional.normalize(camera_dirs.reshape(-1, 3) @ c2w[:3, :3].T, dim=-1)
+    hit, points = sphere_trace(shape.sdf, c2w[:3, 3].expand_as(directions), directions, steps=steps)
+    rgb = torch.zeros_like(points)
+    rgb[hit] = shade(shape, points[hit])
+    coverage = hit.float().reshape(size, size, -1).mean(dim=-1)
+    rgb = rgb.reshape(size, size, -1, 3).mean(dim=2) / coverage[..., None].clamp_min(1e-8)
+    return torch.cat([rgb, coverage[..., None]], dim=-1)
 
 
 # ----- ground truth -----------------------------------------------------------------------------------------------
 def sdf_grid(shape: Shape, resolution: int) -> Tuple[np.ndarray, np.ndarray, float]:
-    """The exact SDF on ``resolution^3`` nodes spanning the scene box, indexed [x, y, z]; origin and spacing."""
+    """The exact SDF on ``resolution^3`` nodes spanning the scene box, indexed [x, y, z]; node [0, 0, 0]'s position
+    and the spacing."""
     axis = torch.linspace(-SCENE_BOX, SCENE_BOX, resolution)
-    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
-    values = torch.cat([shape.sdf(chunk) for chunk in points.reshape(-1, 3).split(1 << 18)])
+    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    values = torch.cat([shape.sdf(chunk) for chunk in points.split(1 << 18)])
     spacing = 2 * SCENE_BOX / (resolution - 1)
-    return values.reshape(resolution, resolution, resolution).numpy(), np.full(3, -SCENE_BOX), spacing
+    return values.reshape((resolution,) * 3).numpy(), np.full(3, -SCENE_BOX), spacing
 
 
-def ground_truth_mesh(shape: Shape, resolution: int):
-    """Marching cubes on the exact SDF (outward-facing triangles), as a trimesh."""
+def ground_truth_mesh(shape: Shape, resolution: int) -> trimesh.Trimesh:
+    """Marching cubes on the exact SDF over the scene box, in world coordinates, outward-facing and watertight."""
     import trimesh
     from skimage.measure import marching_cubes
 
     values, origin, spacing = sdf_grid(shape, resolution)
-    values[np.abs(values) < 1e-6] = 1e-6  # nodes on the surface make degenerate, non-manifold triangles
+    values[np.abs(values) < 1e-6] = 1e-6  # nodes exactly on the surface make degenerate, non-manifold triangles
     vertices, faces, _, _ = marching_cubes(values, level=0.0, spacing=(spacing,) * 3, gradient_direction="descent")
     return trimesh.Trimesh(vertices + origin, faces, process=True)
 
@@ -197,98 +262,113 @@ def make_scene(
     sdf_resolution: int = 64,
     overwrite: bool = False,
 ) -> Path:
-    """Write a Blender-format scene of ``shape`` to ``output_dir``; returns it.
+    """Write a Blender-format scene of the preset ``shape`` to ``output_dir``, with ``mesh.ply``, ``sdf.npz`` and
+    ``scene.json`` beside the views; returns ``output_dir``.
 
-    The folder is written beside its destination and renamed into place at the end: a failure leaves nothing behind,
-    and an existing non-empty folder is refused unless ``overwrite``.
+    The scene is written into a hidden sibling folder and renamed into place at the end, so a failure leaves nothing
+    behind. An existing non-empty folder is refused (:class:`FileExistsError`) unless ``overwrite``.
     """
     output_dir = Path(output_dir)
+    target = output_dir.absolute()
     solid = get_shape(shape)
-    if image_size < 8 or min(num_train, num_val, num_test) < 1 or min(mesh_resolution, sdf_resolution) < 8:
-        raise ValueError("image_size and resolutions must be >= 8, and every split needs at least one view")
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
-        raise FileExistsError(f"{output_dir} exists and is not empty (pass overwrite to replace it)")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    for name, value, least in (
+        ("image_size", image_size, 1),
+        ("num_train", num_train, 1),
+        ("num_val", num_val, 1),
+        ("num_test", num_test, 1),
+        ("mesh_resolution", mesh_resolution, 8),
+        ("sdf_resolution", sdf_resolution, 2),
+    ):
+        if value < least:
+            raise SceneError(f"{name} must be at least {least}, got {value}")
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{output_dir} exists and is not a folder")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise FileExistsError(f"{output_dir} exists and is not empty; choose another folder or pass overwrite")
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        _write_scene(staging, solid, shape, image_size, (num_train, num_val, num_test), seed)
+        cameras = scene_cameras(num_train, num_val, num_test, seed)
+        for split, c2ws in cameras.items():
+            write_split(staging, split, solid, c2ws, image_size)
         ground_truth_mesh(solid, mesh_resolution).export(staging / "mesh.ply")
         values, origin, spacing = sdf_grid(solid, sdf_resolution)
         np.savez_compressed(
             staging / "sdf.npz", sdf=values.astype(np.float32), origin=origin, voxel_size=spacing,
             sign_convention="positive outside", shape=shape,
         )  # fmt: skip
-        if output_dir.exists():
-            shutil.rmtree(output_dir) if output_dir.is_dir() else output_dir.unlink()
-        staging.rename(output_dir)
+        parameters = {
+            "shape": shape, "image_size": image_size, "num_train": num_train, "num_val": num_val,
+            "num_test": num_test, "seed": seed, "mesh_resolution": mesh_resolution, "sdf_resolution": sdf_resolution,
+            "camera_radius": CAMERA_RADIUS, "camera_angle_x": CAMERA_ANGLE_X,
+        }  # fmt: skip
+        (staging / "scene.json").write_text(json.dumps(parameters, indent=2), encoding="utf8")
+        if target.exists():  # an empty folder, or one the caller allowed to replace: swap, then delete the old one
+            old = staging.with_name(staging.name + ".old")
+            target.rename(old)
+            staging.rename(target)
+            shutil.rmtree(old)
+        else:
+            staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output_dir
 
 
-def _write_scene(
-    folder: Path, solid: Shape, name: str, image_size: int, counts: Tuple[int, int, int], seed: int
-) -> None:
+def write_split(folder: Path, split: str, shape: Shape, c2ws: Float[Tensor, "n 4 4"], image_size: int) -> None:
+    """Render one split's views as 8-bit RGBA PNGs ``split/r_<i>.png`` and write ``transforms_<split>.json``."""
     from PIL import Image
 
-    generator = torch.Generator().manual_seed(seed)
-    splits = {
-        "train": camera_positions(counts[0], generator, spiral=True),
-        "val": camera_positions(counts[1], generator, spiral=False),
-        "test": camera_positions(counts[2], generator, spiral=False),
-    }
-    for split, eyes in splits.items():
-        (folder / split).mkdir()
-        frames = []
-        for index, eye in enumerate(eyes):
-            c2w = look_at(eye)
-            rgba = render_view(solid, c2w, image_size)
-            pixels = (rgba.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
-            Image.fromarray(pixels, mode="RGBA").save(folder / split / f"r_{index}.png")
-            frames.append({"file_path": f"./{split}/r_{index}", "rotation": 0.0, "transform_matrix": c2w.tolist()})
-        meta = {"camera_angle_x": CAMERA_ANGLE_X, "frames": frames}
-        (folder / f"transforms_{split}.json").write_text(json.dumps(meta, indent=2), encoding="utf8")
-    info = {"shape": name, "image_size": image_size, "views": dict(zip(splits, counts)), "seed": seed}
-    (folder / "scene.json").write_text(json.dumps(info, indent=2), encoding="utf8")
+    (folder / split).mkdir()
+    frames = []
+    for index, c2w in enumerate(c2ws):
+        rgba = render_view(shape, c2w, image_size)
+        pixels = (rgba.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        Image.fromarray(pixels, mode="RGBA").save(folder / split / f"r_{index}.png")
+        frames.append({"file_path": f"./{split}/r_{index}", "rotation": 0.0, "transform_matrix": c2w.tolist()})
+    meta = {"camera_angle_x": CAMERA_ANGLE_X, "frames": frames}
+    (folder / f"transforms_{split}.json").write_text(json.dumps(meta, indent=2), encoding="utf8")
 
 
 @dataclass
 class SceneConfig:
-    """Write a Blender-format scene of analytic shapes, with its exact SDF and mesh beside it."""
+    """Write a Blender-format scene of analytic shapes, with its exact SDF and ground-truth mesh beside it."""
 
     output_dir: Path = Path("scenes/union")
-    """Folder to create; it must not exist or be empty."""
+    """Folder to create; it must not exist or be empty (unless --overwrite)."""
     shape: str = "union"
-    """Preset: sphere, box, torus or union (a sphere, a rounded box and a torus)."""
+    """Preset: sphere, box (rounded), torus or union (a ball and a rounded box standing in a torus)."""
     image_size: int = 100
     """Width and height of each view, in pixels."""
     num_train: int = 60
-    """Training views (a spiral over the upper sphere)."""
+    """Training views (a Fibonacci spiral over the upper sphere and a little below)."""
     num_val: int = 5
     """Validation views (random, seeded)."""
     num_test: int = 5
     """Test views (random, seeded)."""
     seed: int = 0
-    """Seed of the random views."""
+    """Seed of the cameras; the same seed gives the same scene."""
     mesh_resolution: int = 256
-    """Marching-cubes nodes per axis for the ground-truth mesh."""
+    """Marching-cubes nodes per axis for the ground-truth mesh.ply (finer than the Python API's 128: rs-eval-geometry
+    scores meshes against it)."""
     sdf_resolution: int = 128
-    """Nodes per axis of the saved exact-SDF grid."""
+    """Nodes per axis of the exact-SDF grid in sdf.npz."""
     overwrite: bool = False
     """Replace a non-empty output folder."""
 
 
 def entrypoint() -> None:
-    """Command-line entry point: one line of error, no traceback, for bad input."""
+    """Command-line entry point: bad input ends in one line of error and exit status 1, not a traceback."""
     config = tyro.cli(SceneConfig)
     try:
         path = make_scene(**asdict(config))
-    except (ValueError, FileExistsError) as error:
+    except (SceneError, OSError) as error:
         raise SystemExit(f"rs-scene: error: {error}") from None
-    views = config.num_train + config.num_val + config.num_test
-    print(f"rs-scene: wrote '{config.shape}' ({views} views of {config.image_size} px) to {path}")
-    print(f"rs-scene: train on it with: ns-train rs-sdf --data {path}")
+    views = f"{config.num_train} train / {config.num_val} val / {config.num_test} test views"
+    print(f"rs-scene: wrote '{config.shape}' ({views}, {config.image_size} px) to {path}; "
+          f"train on it with: ns-train rs-sdf --data {path}")  # fmt: skip
 
 
 if __name__ == "__main__":
