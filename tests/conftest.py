@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,6 +41,36 @@ def tiny_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def scene_copy(tiny_scene: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny scene that a test may break."""
     return Path(shutil.copytree(tiny_scene, tmp_path / "scene"))
+
+
+TINY_TRAINING = [
+    "--vis", "tensorboard",
+    "--max-num-iterations", "60",
+    "--steps-per-save", "30",
+    "--steps-per-eval-image", "1000",
+    "--steps-per-eval-batch", "1000",
+    "--pipeline.datamanager.train-num-rays-per-batch", "1024",
+    "--pipeline.model.grid-resolution", "48",
+    "--pipeline.model.appearance-resolution", "32",
+    "--pipeline.model.sigma", "0.0625",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_scene: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """config.yml of a 60-step ns-train run on the tiny scene, on CPU (shared by the tests that need a run)."""
+    output = tmp_path_factory.mktemp("runs")
+    result = subprocess.run(
+        [command("ns-train"), "rs-sdf", "--data", str(tiny_scene), "--output-dir", str(output), *TINY_TRAINING],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    configs = list(output.glob("*/rs-sdf/*/config.yml"))
+    assert len(configs) == 1, configs
+    return configs[0]
 
 
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -15,7 +15,6 @@ from rs_nerfstudio.export import Lattice, extract_mesh, weld
 from rs_nerfstudio.scenes import get_shape
 from rs_nerfstudio.validation import InputError
 from tests.conftest import command
-from tests.test_integration import trained_run  # noqa: F401 - the module's 60-step run, shared
 
 
 def same_triangles(first, second, tolerance: float = 1e-5) -> bool:
@@ -68,7 +67,7 @@ def test_no_zero_crossing_is_refused() -> None:
         extract_mesh(lambda p: p.norm(dim=-1) + 1.0, lattice)
 
 
-def test_rs_export_from_a_run(trained_run: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_rs_export_from_a_run(trained_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     for args in (["mesh", "--resolution", "48", "--keep-components", "1"], ["sdf", "--resolution", "24"],
                  ["slices", "--resolution", "64"]):  # fmt: skip
@@ -92,7 +91,7 @@ def test_rs_export_from_a_run(trained_run: Path, tmp_path: Path) -> None:  # noq
     assert not list(out.glob(".*"))
 
 
-def test_run_without_checkpoint_is_refused(trained_run: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_run_without_checkpoint_is_refused(trained_run: Path, tmp_path: Path) -> None:
     import yaml
 
     from rs_nerfstudio.runs import load_model

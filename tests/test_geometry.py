@@ -12,7 +12,6 @@ import trimesh
 from rs_nerfstudio.geometry import load_mesh, mesh_metrics, weak_sdf_metrics
 from rs_nerfstudio.validation import InputError
 from tests.conftest import command
-from tests.test_integration import trained_run  # noqa: F401 - the module's 60-step run, shared
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +46,7 @@ def test_unreadable_and_open_meshes(tmp_path: Path, unit_sphere) -> None:
         weak_sdf_metrics(model=None, ground_truth=open_mesh)
 
 
-def test_cli_on_a_run(trained_run: Path, tiny_scene: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_cli_on_a_run(trained_run: Path, tiny_scene: Path, tmp_path: Path) -> None:
     output = tmp_path / "geometry.json"
     result = subprocess.run(
         [command("rs-eval-geometry"), "--mesh", str(tiny_scene / "mesh.ply"), "--gt-mesh", str(tiny_scene / "mesh.ply"),

@@ -2,42 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-
-from tests.conftest import command
-
-TINY_TRAINING = [
-    "--vis", "tensorboard",
-    "--max-num-iterations", "60",
-    "--steps-per-save", "30",
-    "--steps-per-eval-image", "1000",
-    "--steps-per-eval-batch", "1000",
-    "--pipeline.datamanager.train-num-rays-per-batch", "1024",
-    "--pipeline.model.grid-resolution", "48",
-    "--pipeline.model.appearance-resolution", "32",
-    "--pipeline.model.sigma", "0.0625",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_scene: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """config.yml of a 60-step ns-train run on the tiny scene."""
-    output = tmp_path_factory.mktemp("runs")
-    result = subprocess.run(
-        [command("ns-train"), "rs-sdf", "--data", str(tiny_scene), "--output-dir", str(output), *TINY_TRAINING],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={"CUDA_VISIBLE_DEVICES": "", **__import__("os").environ},
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    configs = list(output.glob("*/rs-sdf/*/config.yml"))
-    assert len(configs) == 1, configs
-    return configs[0]
 
 
 def test_checkpoints_load_with_weights_only(trained_run: Path) -> None:
