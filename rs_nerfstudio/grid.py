@@ -69,15 +69,18 @@ def trilinear_corners(
 class _WeightedGather(torch.autograd.Function):
     """out[n] = sum_k weights[n, k] * table[index[n, k]], differentiable in ``table`` only.
 
-    The forward is ``embedding_bag`` (fast on CPU and CUDA); the backward is one ``index_add_``, several times
-    faster on a CPU than the backward of ``grid_sample`` or of ``embedding_bag``.
+    The forward is a gather for one channel and ``embedding_bag`` for several (fast on CPU and CUDA); the backward is
+    one ``index_add_``, several times faster on a CPU than the backward of ``grid_sample`` or of ``embedding_bag``.
     """
 
     @staticmethod
     def forward(ctx, table: Tensor, index: Tensor, weights: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(index, weights)
         ctx.num_rows = table.shape[0]
-        return F.embedding_bag(index, table, per_sample_weights=weights.to(table.dtype), mode="sum")
+        weights = weights.to(table.dtype)
+        if table.shape[1] == 1:  # a plain gather: embedding_bag has a fixed cost of milliseconds on large tables
+            return (table[:, 0][index] * weights).sum(dim=1, keepdim=True)
+        return F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
