@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, Tuple
@@ -34,7 +34,7 @@ CAMERA_ANGLE_X = 0.6911112070083618
 """Horizontal field of view of the NeRF-synthetic scenes (Lego's)."""
 LIGHT = torch.nn.functional.normalize(torch.tensor([0.4, 0.3, 0.85]), dim=0)
 """Direction towards the fixed directional light (from above)."""
-AMBIENT = 0.4
+AMBIENT = 0.5
 """Ambient share of the shading, so that faces turned away from the light are still well lit."""
 
 SDF = Callable[[Float[Tensor, "*batch 3"]], Float[Tensor, "*batch"]]
@@ -86,9 +86,9 @@ def union(*parts: SDF) -> SDF:
 
 
 def stripes(p: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch 3"]:
-    """Smooth procedural albedo: colour waves of ~1.3 units' period, each channel in [0.3, 0.9], never grey."""
+    """Smooth procedural albedo: hue waves of ~1.3 units' period; each channel in [0.4, 0.9], their mean ~0.65."""
     phase = torch.tensor([0.0, 2.1, 4.2])
-    return 0.6 + 0.3 * torch.sin(4.0 * p + 3.0 * p[..., [1, 2, 0]] + phase)
+    return 0.65 + 0.25 * torch.sin(4.0 * p + 3.0 * p[..., [1, 2, 0]] + phase)
 
 
 @dataclass(frozen=True)
@@ -170,25 +170,29 @@ def sphere_trace(
     steps: int = 96,
     epsilon: float = 1e-4,
 ) -> Tuple[Bool[Tensor, "rays"], Float[Tensor, "rays 3"]]:
-    """March unit-length rays by the SDF until it falls below ``epsilon``; which rays hit, and where.
+    """March unit-length rays by the SDF until it falls below ``epsilon``; which rays hit, and where (on misses, the
+    points are meaningless).
 
-    Rays start and stop where they enter and leave the sphere around the scene box, and only rays still marching are
-    evaluated, so most of the budget of ``steps`` goes to the few rays that graze the surface.
+    Rays start and stop where they enter and leave the sphere around the scene box, and rays that have hit or left
+    are dropped from the batch, so most of the budget of ``steps`` goes to the few rays that graze the surface.
     """
     bound = SCENE_BOX * math.sqrt(3.0)
     middle = -(origins * directions).sum(dim=-1)
     half_chord = (middle**2 - (origins**2).sum(dim=-1) + bound**2).clamp_min(0).sqrt()
-    t, far = (middle - half_chord).clamp_min(0), middle + half_chord
+    t = (middle - half_chord).clamp_min(0)
     hit = torch.zeros_like(t, dtype=torch.bool)
-    marching = (half_chord > 0).nonzero().squeeze(-1)
+    index = (half_chord > 0).nonzero().squeeze(-1)
+    o, d, t_marching, far = origins[index], directions[index], t[index], (middle + half_chord)[index]
     for _ in range(steps):
-        if marching.numel() == 0:
-            break
-        distance = sdf(origins[marching] + directions[marching] * t[marching, None])
-        t[marching] += distance
+        distance = sdf(o + d * t_marching[:, None])
+        t_marching = t_marching + distance
         converged = distance < epsilon
-        hit[marching[converged]] = True
-        marching = marching[~converged & (t[marching] < far[marching])]
+        hit[index[converged]] = True
+        t[index[converged]] = t_marching[converged]
+        keep = ~converged & (t_marching < far)
+        if not keep.any():
+            break
+        index, o, d, t_marching, far = index[keep], o[keep], d[keep], t_marching[keep], far[keep]
     return hit, origins + directions * t[:, None]
 
 
@@ -204,13 +208,14 @@ def shade(shape: Shape, points: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*ba
     return (shape.albedo(points) * (AMBIENT + (1 - AMBIENT) * lambert[..., None])).clamp(0, 1)
 
 
-def render_view(
-    shape: Shape, c2w: Float[Tensor, "4 4"], size: int, supersample: int = 2, steps: int = 96
-) -> Float[Tensor, "size size 4"]:
-    """Sphere-trace a square view with ``supersample^2`` rays per pixel: RGB (not premultiplied) and coverage alpha.
+def render_views(
+    shape: Shape, c2ws: Float[Tensor, "views 4 4"], size: int, supersample: int = 2, max_rays: int = 1 << 20
+) -> Float[Tensor, "views size size 4"]:
+    """Sphere-trace square views with ``supersample^2`` rays per pixel: RGB (not premultiplied) and coverage alpha.
 
     Pixels follow nerfstudio's pinhole model for Blender data: centres at (i + 0.5), principal point at the image
-    centre, focal length from :data:`CAMERA_ANGLE_X`; background pixels are (0, 0, 0, 0).
+    centre, focal length from :data:`CAMERA_ANGLE_X`. Background pixels are (0, 0, 0, 0). Views are traced together,
+    at most ``max_rays`` rays at a time.
     """
     focal = 0.5 * size / math.tan(0.5 * CAMERA_ANGLE_X)
     offsets = (torch.arange(supersample) + 0.5) / supersample
@@ -218,23 +223,35 @@ def render_view(
     v = (pixel[:, None, None, None] + offsets[None, None, :, None]).expand(size, size, supersample, supersample)
     u = (pixel[None, :, None, None] + offsets[None, None, None, :]).expand(size, size, supersample, supersample)
     camera_dirs = torch.stack([(u - size / 2) / focal, -(v - size / 2) / focal, -torch.ones_like(u)], dim=-1)
-    directions = torch.nn.functional.normalize(camera_dirs.reshape(-1, 3) @ c2w[:3, :3].T, dim=-1)
-    hit, points = sphere_trace(shape.sdf, c2w[:3, 3].expand_as(directions), directions, steps=steps)
-    rgb = torch.zeros_like(points)
-    rgb[hit] = shade(shape, points[hit])
-    coverage = hit.float().reshape(size, size, -1).mean(dim=-1)
-    rgb = rgb.reshape(size, size, -1, 3).mean(dim=2) / coverage[..., None].clamp_min(1e-8)
-    return torch.cat([rgb, coverage[..., None]], dim=-1)
+    camera_dirs = camera_dirs.reshape(-1, 3)
+    images = []
+    for batch in c2ws.split(max(1, max_rays // len(camera_dirs))):
+        directions = torch.nn.functional.normalize(camera_dirs @ batch[:, :3, :3].transpose(1, 2), dim=-1)
+        origins = batch[:, None, :3, 3].expand_as(directions)
+        hit, points = sphere_trace(shape.sdf, origins.reshape(-1, 3), directions.reshape(-1, 3))
+        rgb = torch.zeros_like(points)
+        rgb[hit] = shade(shape, points[hit])
+        coverage = hit.float().reshape(len(batch), size, size, -1).mean(dim=-1)
+        rgb = rgb.reshape(len(batch), size, size, -1, 3).mean(dim=-2) / coverage[..., None].clamp_min(1e-8)
+        images.append(torch.cat([rgb, coverage[..., None]], dim=-1))
+    return torch.cat(images)
+
+
+def render_view(
+    shape: Shape, c2w: Float[Tensor, "4 4"], size: int, supersample: int = 2
+) -> Float[Tensor, "size size 4"]:
+    """One view of :func:`render_views`."""
+    return render_views(shape, c2w[None], size, supersample)[0]
 
 
 # ----- ground truth -----------------------------------------------------------------------------------------------
 def sdf_grid(shape: Shape, resolution: int) -> Tuple[np.ndarray, np.ndarray, float]:
     """The exact SDF on ``resolution^3`` nodes spanning the scene box, indexed [x, y, z]; node [0, 0, 0]'s position
     and the spacing."""
-    axis = torch.linspace(-SCENE_BOX, SCENE_BOX, resolution)
+    spacing = 2 * SCENE_BOX / (resolution - 1)
+    axis = (-SCENE_BOX + spacing * torch.arange(resolution, dtype=torch.float64)).float()
     points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
     values = torch.cat([shape.sdf(chunk) for chunk in points.split(1 << 18)])
-    spacing = 2 * SCENE_BOX / (resolution - 1)
     return values.reshape((resolution,) * 3).numpy(), np.full(3, -SCENE_BOX), spacing
 
 
@@ -287,7 +304,8 @@ def make_scene(
         raise FileExistsError(f"{output_dir} exists and is not empty; choose another folder or pass overwrite")
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.partial"
+    staging.mkdir()  # with the user's umask, unlike tempfile.mkdtemp
     try:
         cameras = scene_cameras(num_train, num_val, num_test, seed)
         for split, c2ws in cameras.items():
@@ -304,17 +322,27 @@ def make_scene(
             "camera_radius": CAMERA_RADIUS, "camera_angle_x": CAMERA_ANGLE_X,
         }  # fmt: skip
         (staging / "scene.json").write_text(json.dumps(parameters, indent=2), encoding="utf8")
-        if target.exists():  # an empty folder, or one the caller allowed to replace: swap, then delete the old one
-            old = staging.with_name(staging.name + ".old")
-            target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old)
-        else:
-            staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    publish(staging, target)
     return output_dir
+
+
+def publish(staging: Path, target: Path) -> None:
+    """Rename a finished folder to ``target``; an existing ``target`` is set aside first and deleted only after."""
+    if not target.exists():
+        staging.rename(target)
+        return
+    old = staging.with_name(staging.name + ".old")
+    target.rename(old)
+    try:
+        staging.rename(target)
+    except BaseException:
+        old.rename(target)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(old)
 
 
 def write_split(folder: Path, split: str, shape: Shape, c2ws: Float[Tensor, "n 4 4"], image_size: int) -> None:
@@ -322,12 +350,13 @@ def write_split(folder: Path, split: str, shape: Shape, c2ws: Float[Tensor, "n 4
     from PIL import Image
 
     (folder / split).mkdir()
-    frames = []
-    for index, c2w in enumerate(c2ws):
-        rgba = render_view(shape, c2w, image_size)
-        pixels = (rgba.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-        Image.fromarray(pixels, mode="RGBA").save(folder / split / f"r_{index}.png")
-        frames.append({"file_path": f"./{split}/r_{index}", "rotation": 0.0, "transform_matrix": c2w.tolist()})
+    images = (render_views(shape, c2ws, image_size).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    for index, pixels in enumerate(images):
+        Image.fromarray(pixels).save(folder / split / f"r_{index}.png")
+    frames = [
+        {"file_path": f"./{split}/r_{index}", "rotation": 0.0, "transform_matrix": c2w.tolist()}
+        for index, c2w in enumerate(c2ws)
+    ]
     meta = {"camera_angle_x": CAMERA_ANGLE_X, "frames": frames}
     (folder / f"transforms_{split}.json").write_text(json.dumps(meta, indent=2), encoding="utf8")
 
