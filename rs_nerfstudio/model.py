@@ -122,22 +122,22 @@ class RSSDFModel(Model):
         self._train_started: Optional[float] = None
 
     def _add_viewer_controls(self) -> None:
-        """Sliders in ns-viewer / ns-train's viewer: smoothing sigma and iso-level, for rendering only."""
+        """Sliders in ns-viewer / ns-train's viewer, for rendering only, in units of the trained sigma."""
         sigma = self.config.sigma
 
         def set_sigma(slider: ViewerSlider) -> None:
-            self.field.render_sigma = float(slider.value)
+            self.field.render_sigma = float(slider.value) * sigma
 
         def set_level(slider: ViewerSlider) -> None:
-            self.field.render_level = float(slider.value)
+            self.field.render_level = float(slider.value) * sigma
 
         self.viewer_sigma = ViewerSlider(
-            "RS sigma (render only)", sigma, sigma / 4, sigma * 4, step=sigma / 20, cb_hook=set_sigma,
-            hint="Re-smooths the trained base grid with another sigma; training keeps its own.",
+            "RS sigma / trained sigma", 1.0, 0.25, 4.0, step=0.05, cb_hook=set_sigma,
+            hint="Re-smooths the trained base grid with another sigma, for rendering only; training keeps its own.",
         )  # fmt: skip
         self.viewer_level = ViewerSlider(
-            "Weak-SDF iso-level", 0.0, -3 * sigma, 3 * sigma, step=sigma / 20, cb_hook=set_level,
-            hint="Renders the level set weak_sdf = level as the surface (scene units).",
+            "Weak-SDF iso-level / sigma", 0.0, -2.5, 2.5, step=0.05, cb_hook=set_level,
+            hint="Renders the level set weak_sdf = level as the surface (the weak SDF saturates at +-2.5 sigma).",
         )  # fmt: skip
 
     def get_param_groups(self) -> Dict[str, List[nn.Parameter]]:
