@@ -37,7 +37,7 @@ def main() -> None:
     sigma = model.field.sigma
     points = generated_points(model, "band", args.num_points, seed=0)
 
-    model.field._smoothed_cache = None
+    model.field.clear_smoothing_cache()
     start = time.perf_counter()
     grid = grid_radius(model, points).numpy()
     with_blur = (time.perf_counter() - start) / len(points)

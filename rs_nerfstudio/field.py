@@ -127,6 +127,10 @@ class RSSDFField(Field):
             self._smoothed_cache = (key, smoothed)
         return self._smoothed_cache[1]
 
+    def clear_smoothing_cache(self) -> None:
+        """Forget the cached smoothed grid (to time a fresh blur, say)."""
+        self._smoothed_cache = None
+
     def base_occupancy(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N"]:
         """The base classifier f_theta at world points (trilinear; 0 outside the box)."""
         return grids.interpolate(self.base_occupancy_grid()[..., None], points, self.aabb)[:, 0]
