@@ -2,7 +2,8 @@
 
 nerfacc's occupancy-grid sampler is CUDA-only, and an MLP proposal network is slow on a CPU. The grid already says
 where the surface is, so we march each ray through the scene box at one-voxel steps, skip voxels that an empty-space
-mask rules out, read the smoothed occupancy where it does not, and composite those coarse opacities into weights.
+mask rules out, read the smoothed occupancy of the voxel where it does not, and composite those coarse opacities
+into weights.
 The final samples are drawn from that distribution by inverse-CDF sampling (plus a small uniform share, so that
 geometry can still appear where there is none yet), and returned as nerfstudio ``RaySamples`` for its renderers.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 from typing import Callable, Tuple
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from torch import Tensor
@@ -35,11 +35,20 @@ def intersect_aabb(
 def empty_space_mask(occupancy_grid: Float[Tensor, "D H W"], threshold: float) -> Bool[Tensor, "D H W"]:
     """Voxels that may hold matter: occupancy above ``threshold`` in the voxel or one of its 26 neighbours.
 
-    The max-pool dilation keeps voxels whose trilinear neighbourhood touches matter, so skipping the rest loses
-    nothing that interpolation would see.
+    The dilation keeps voxels whose trilinear neighbourhood touches matter, so skipping the rest loses nothing that
+    interpolation would see. It is a 3x3x3 max-pool of the thresholded grid, done as one-byte ORs along each axis in
+    turn: ``F.max_pool3d`` on the float grid takes ~10x longer on a CPU.
     """
-    pooled = F.max_pool3d(occupancy_grid[None, None], kernel_size=3, stride=1, padding=1)[0, 0]
-    return pooled > threshold
+    mask = occupancy_grid > threshold
+    for axis in range(3):
+        size = mask.shape[axis]
+        if size < 2:
+            continue
+        dilated = mask.clone()
+        dilated.narrow(axis, 1, size - 1).logical_or_(mask.narrow(axis, 0, size - 1))
+        dilated.narrow(axis, 0, size - 1).logical_or_(mask.narrow(axis, 1, size - 1))
+        mask = dilated
+    return mask
 
 
 def opacity_of_segments(density: Tensor, deltas: Tensor) -> Tensor:
@@ -108,9 +117,8 @@ class OccupancyGuidedSampler:
         flat_index, inside = grids.nearest_voxel_index(points.reshape(-1, 3), aabb, mask.shape)
         keep = inside & mask.reshape(-1)[flat_index]
         density = torch.zeros(points.shape[0] * num_bins, device=origins.device)
-        if keep.any():
-            smoothed = grids.interpolate(smoothed_grid[..., None], points.reshape(-1, 3)[keep], aabb)[:, 0]
-            density[keep] = density_fn(smoothed)
+        if keep.any():  # the voxel's own value: the coarse pass only places samples, at a voxel's precision
+            density[keep] = density_fn(smoothed_grid.reshape(-1)[flat_index[keep]])
         alphas = opacity_of_segments(density.reshape(-1, num_bins), bins[:, 1:] - bins[:, :-1])
         return bins, transmittance_weights(alphas)
 

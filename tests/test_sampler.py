@@ -38,6 +38,16 @@ def test_empty_space_mask_dilates_by_one_voxel() -> None:
     assert mask.sum() == 27 and mask[1:4, 1:4, 1:4].all()
 
 
+def test_empty_space_mask_equals_a_max_pool() -> None:
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(0)
+    for shape in [(24, 17, 9), (5, 7, 1), (1, 4, 4)]:
+        grid = torch.rand(shape, generator=generator) ** 8  # sparse: a few voxels above the threshold
+        expected = F.max_pool3d(grid[None, None], kernel_size=3, stride=1, padding=1)[0, 0] > 0.5
+        assert torch.equal(empty_space_mask(grid, 0.5), expected), shape
+
+
 def test_samples_concentrate_at_the_surface() -> None:
     """A slab z < 0 of smoothed occupancy 1: rays coming down the z axis put their samples near z = 0."""
     resolution, voxel = 32, 2.0 / 32
