@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Type
+from typing import Dict, Optional, Type
 
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import Scheduler, SchedulerConfig
@@ -63,3 +63,21 @@ class ExponentialDecayScheduler(Scheduler):
             return exponential_decay_multiplier(step, lr_init, lr_final, warmup, max_steps)
 
         return lr_scheduler.LambdaLR(optimizer, lr_lambda=multiplier)
+
+
+def decay_learning_rates_to(progress: float, optimizers, optimizer_configs: Dict[str, Dict]) -> None:
+    """Set every parameter group's learning rate to where its exponential decay is at ``progress`` in [0, 1].
+
+    For training on a time budget: the decay then runs over the budget's seconds instead of ``max_steps`` steps.
+    Groups whose scheduler is not an :class:`ExponentialDecaySchedulerConfig` are left alone. ``optimizers`` is
+    nerfstudio's ``Optimizers``; the schedulers' own step-based update is overwritten before each optimizer step.
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    for name, optimizer in optimizers.optimizers.items():
+        scheduler_config = optimizer_configs.get(name, {}).get("scheduler")
+        scheduler = optimizers.schedulers.get(name)
+        if not isinstance(scheduler_config, ExponentialDecaySchedulerConfig) or scheduler is None:
+            continue
+        for group, lr_init in zip(optimizer.param_groups, scheduler.base_lrs):
+            lr_final = lr_init if scheduler_config.lr_final is None else scheduler_config.lr_final
+            group["lr"] = lr_init * math.exp(math.log(lr_final / lr_init) * progress)

@@ -71,3 +71,26 @@ def test_export_interface(trained_run: Path) -> None:
     sdf = pipeline.model.field.forward_geonetwork(points)[:, 0]
     assert sdf.shape == (1000,) and torch.isfinite(sdf).all()
     assert float(sdf.min()) < 0 < float(sdf.max())
+
+
+def test_time_budget_stops_training_and_decays_the_learning_rate(tiny_scene: Path, tmp_path: Path) -> None:
+    """--pipeline.model.train-time-budget: training stops on time (not steps), saves, with the lr at its final value."""
+    import os
+    import subprocess
+
+    from tests.conftest import TINY_TRAINING, command
+
+    options = [o for o in TINY_TRAINING]
+    options[options.index("--max-num-iterations") + 1] = "100000"
+    result = subprocess.run(
+        [command("ns-train"), "rs-sdf", "--data", str(tiny_scene), "--output-dir", str(tmp_path), *options,
+         "--pipeline.model.train-time-budget", "4"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    checkpoints = list(tmp_path.glob("*/rs-sdf/*/nerfstudio_models/step-*.ckpt"))
+    assert len(checkpoints) >= 1
+    state = torch.load(sorted(checkpoints)[-1], map_location="cpu", weights_only=True)
+    assert 1 <= state["step"] < 100000 - 1
+    last_lr = state["optimizers"]["geometry"]["param_groups"][0]["lr"]
+    assert last_lr == pytest.approx(0.01, rel=0.2)  # the geometry lr decays 0.1 -> 0.01 over the 4 s

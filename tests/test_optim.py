@@ -36,3 +36,27 @@ def test_optimizer_and_scheduler_state_load_with_weights_only() -> None:
     state = torch.load(buffer, weights_only=True)
     assert state["scheduler"]["_last_lr"][0] == pytest.approx(0.1 * 0.1 ** (3 / 10))
     assert optimizer.defaults["fused"] is True
+
+
+def test_time_budget_decay_sets_each_group_where_its_decay_is() -> None:
+    """With a time budget, the learning rates follow the fraction of the budget spent, not the step count."""
+    from nerfstudio.engine.optimizers import Optimizers
+
+    from rs_nerfstudio.optim import decay_learning_rates_to
+
+    grid, mlp, other = (torch.nn.Parameter(torch.randn(4)) for _ in range(3))
+    configs = {
+        "grid": {
+            "optimizer": FusedAdamOptimizerConfig(lr=0.1),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=0.001, max_steps=10_000),
+        },
+        "mlp": {"optimizer": FusedAdamOptimizerConfig(lr=1e-3), "scheduler": ExponentialDecaySchedulerConfig()},
+        "other": {"optimizer": FusedAdamOptimizerConfig(lr=0.5), "scheduler": None},
+    }
+    optimizers = Optimizers(configs, {"grid": [grid], "mlp": [mlp], "other": [other]})
+    decay_learning_rates_to(0.5, optimizers, configs)
+    assert optimizers.optimizers["grid"].param_groups[0]["lr"] == pytest.approx(0.01)  # halfway, in log space
+    assert optimizers.optimizers["mlp"].param_groups[0]["lr"] == pytest.approx(1e-3)  # no lr_final: constant
+    assert optimizers.optimizers["other"].param_groups[0]["lr"] == 0.5  # no scheduler of ours: untouched
+    decay_learning_rates_to(2.0, optimizers, configs)  # past the budget: stays at the final rate
+    assert optimizers.optimizers["grid"].param_groups[0]["lr"] == pytest.approx(0.001)
