@@ -78,6 +78,8 @@ class RSSDFField(Field):
             nn.Linear(hidden_dim, 3),
         )
         self._smoothed_cache: Optional[Tuple[Tuple, Tensor]] = None
+        self.generation = 0
+        """Training forwards so far (see :meth:`parameters_key`)."""
 
     # ----- geometry -------------------------------------------------------------------------------------------
     @property
@@ -114,18 +116,29 @@ class RSSDFField(Field):
     def smoothed_occupancy_grid(self, sigma: Optional[float] = None) -> Float[Tensor, "D H W"]:
         """f_hat = f_theta * N(0, sigma^2 I) on the voxel centres.
 
-        Recomputed whenever gradients flow (training); otherwise cached until the parameters or sigma change, so the
-        viewer and evaluation blur once.
+        Recomputed whenever gradients flow (training); otherwise cached until the parameters or sigma change (see
+        :meth:`parameters_key`), so the viewer and evaluation blur once per training step at most.
         """
         sigma = self.active_sigma if sigma is None else float(sigma)
         if torch.is_grad_enabled() and self.base_logits.requires_grad:
+            self.generation += 1  # an optimizer step follows: whatever was cached is about to be stale
             return gaussian_blur_3d(self.base_occupancy_grid(), self.sigma_voxels(sigma))
-        key = (self.base_logits._version, self.base_logits.data_ptr(), self.base_logits.device, sigma)
+        key = self.parameters_key() + (sigma,)
         if self._smoothed_cache is None or self._smoothed_cache[0] != key:
             with torch.no_grad():
                 smoothed = gaussian_blur_3d(self.base_occupancy_grid(), self.sigma_voxels(sigma))
             self._smoothed_cache = (key, smoothed)
         return self._smoothed_cache[1]
+
+    def parameters_key(self) -> Tuple:
+        """Changes whenever the base grid may have changed: a cache key for what is computed from it.
+
+        The version counter alone is not enough: torch's fused Adam updates parameters in place without bumping it.
+        ``generation`` counts the training forwards (each is followed by an optimizer step); the version counter and
+        the storage catch ``load_state_dict`` and other in-place edits.
+        """
+        logits = self.base_logits
+        return (self.generation, logits._version, logits.data_ptr(), logits.device)
 
     def clear_smoothing_cache(self) -> None:
         """Forget the cached smoothed grid (to time a fresh blur, say)."""

@@ -209,7 +209,7 @@ class RSSDFModel(Model):
             key: Tuple = (self.step // self.config.mask_refresh_steps,)
         else:
             key = (
-                self.field.base_logits._version,
+                self.field.parameters_key(),
                 self.field.active_sigma,
                 self.field.active_threshold,
                 self.field.steepness,
