@@ -53,6 +53,7 @@ TINY_TRAINING = [
     "--pipeline.model.grid-resolution", "48",
     "--pipeline.model.appearance-resolution", "32",
     "--pipeline.model.sigma", "0.0625",
+    "--pipeline.model.steepness", "60",  # a rising alpha, so that tests see it restored from a checkpoint
 ]  # fmt: skip
 
 
