@@ -376,7 +376,8 @@ def markdown_table(results: List[Dict], args: argparse.Namespace) -> str:
         "Times to a PSNR are the first probe mark at or above it (marks at "
         + ", ".join(f"{m:g}" for m in args.marks if m <= args.budget)
         + f" s; probe: {args.curve_pixels} random test pixels over all test views). Peak RSS is the training "
-        "process's own (data-loader worker processes are reported separately in the JSON).",
+        "process's own: the data-loader worker process of nerfacto and tensorf (nerfstudio's parallel datamanager) is "
+        "not included.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -417,6 +418,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--score-views", type=int, default=None,
                         help="score only the first N test views (smoke tests; default: all)")
     parser.add_argument("--output-dir", type=Path, default=None, help="default: outputs/benchmark/<time>")
+    parser.add_argument("--report", type=Path, default=None, metavar="DIR",
+                        help="only rewrite DIR/results.md and DIR/psnr_vs_time.png from DIR/results.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)  # for --worker
     return parser.parse_args(argv)
@@ -431,6 +434,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sys.stdout.flush()
         os._exit(0)  # data-loader worker processes must not keep the run alive
 
+    if args.report is not None:
+        write_report(args.report)
+        return
     import torch
 
     if args.device == "auto":
@@ -462,8 +468,23 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "results": results,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2), encoding="utf8")
-    (out / "results.md").write_text(markdown_table(results, args), encoding="utf8")
-    plot(results, out / "psnr_vs_time.png", args.budget)
+    write_report(out)
+
+
+def write_report(out: Path) -> None:
+    """results.md and psnr_vs_time.png from results.json."""
+    path = out / "results.json"
+    if not path.is_file():
+        sys.exit(f"error: --report {out}: no results.json there")
+    summary = json.loads(path.read_text(encoding="utf8"))
+    results = summary["results"]
+    rays = next((r["rays_per_batch"] for r in results if "rays_per_batch" in r), "?")
+    settings = argparse.Namespace(
+        data=summary["data"], budget=summary["budget_s"], device=summary["device"], rays_per_batch=rays,
+        marks=summary["marks_s"], curve_pixels=summary["curve_pixels"],
+    )  # fmt: skip
+    (out / "results.md").write_text(markdown_table(results, settings), encoding="utf8")
+    plot(results, out / "psnr_vs_time.png", settings.budget)
     print()
     print((out / "results.md").read_text(encoding="utf8"))
     print(f"Written: {out / 'results.md'}, {out / 'results.json'}, {out / 'psnr_vs_time.png'}")
