@@ -18,6 +18,7 @@ nerfstudio's public API: the method's config from ``all_methods``, ``TrainerConf
 What the harness sets on every method (and only this): the data and its Blender dataparser (images composited on
 white); a white background where the model has that option; the same rays per batch (``--rays-per-batch``); the
 device; no evaluation, checkpoint or viewer during the budget (nerfstudio would otherwise spend the budget on them);
+no step limit (a fast device could otherwise end a run before the budget: rs-sdf's default is 5000 steps);
 and, for rs-sdf, its own ``train_time_budget`` option, which a user of rs-sdf sets to train for a fixed time.
 Everything else is the method's nerfstudio default. Two exceptions to "unmodified", as the issue allows:
 
@@ -113,7 +114,9 @@ def configure(config, method: str, data: Path, output_dir: Path, rays_per_batch:
     never = 1 << 30
     config.steps_per_eval_batch = config.steps_per_eval_image = config.steps_per_eval_all_images = never
     config.steps_per_save = never
-    config.max_num_iterations = max(config.max_num_iterations, 1)
+    if config.max_num_iterations < never:  # the budget, not a step count, ends every run (rs-sdf stops at 5000)
+        notes.append(f"max_num_iterations {config.max_num_iterations} -> no limit")
+        config.max_num_iterations = never
     return notes
 
 
