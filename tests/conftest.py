@@ -57,18 +57,23 @@ TINY_TRAINING = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="session")
-def trained_run(tiny_scene: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """config.yml of a 60-step ns-train run on the tiny scene, on CPU (shared by the tests that need a run)."""
-    output = tmp_path_factory.mktemp("runs")
+def ns_train_rs_sdf(data: Path, output: Path, options: list) -> None:
+    """The real ``ns-train rs-sdf`` on CPU; fails the test with its output's tail if it fails."""
     result = subprocess.run(
-        [command("ns-train"), "rs-sdf", "--data", str(tiny_scene), "--output-dir", str(output), *TINY_TRAINING],
+        [command("ns-train"), "rs-sdf", "--data", str(data), "--output-dir", str(output), *options],
         capture_output=True,
         text=True,
         timeout=600,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_scene: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """config.yml of a 60-step ns-train run on the tiny scene, on CPU (shared by the tests that need a run)."""
+    output = tmp_path_factory.mktemp("runs")
+    ns_train_rs_sdf(tiny_scene, output, TINY_TRAINING)
     configs = list(output.glob("*/rs-sdf/*/config.yml"))
     assert len(configs) == 1, configs
     return configs[0]

@@ -75,19 +75,11 @@ def test_export_interface(trained_run: Path) -> None:
 
 def test_time_budget_stops_training_and_decays_the_learning_rate(tiny_scene: Path, tmp_path: Path) -> None:
     """--pipeline.model.train-time-budget: training stops on time (not steps), saves, with the lr at its final value."""
-    import os
-    import subprocess
+    from tests.conftest import TINY_TRAINING, ns_train_rs_sdf
 
-    from tests.conftest import TINY_TRAINING, command
-
-    options = [o for o in TINY_TRAINING]
+    options = list(TINY_TRAINING) + ["--pipeline.model.train-time-budget", "4"]
     options[options.index("--max-num-iterations") + 1] = "100000"
-    result = subprocess.run(
-        [command("ns-train"), "rs-sdf", "--data", str(tiny_scene), "--output-dir", str(tmp_path), *options,
-         "--pipeline.model.train-time-budget", "4"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ns_train_rs_sdf(tiny_scene, tmp_path, options)
     checkpoints = list(tmp_path.glob("*/rs-sdf/*/nerfstudio_models/step-*.ckpt"))
     assert len(checkpoints) >= 1
     state = torch.load(sorted(checkpoints)[-1], map_location="cpu", weights_only=True)
