@@ -50,12 +50,12 @@ def rs_sdf_trainer_config(max_steps: int = DEFAULT_MAX_STEPS) -> RSSDFTrainerCon
         ),
         optimizers={
             "geometry": {
-                "optimizer": FusedAdamOptimizerConfig(lr=0.1, eps=1e-15),
-                "scheduler": ExponentialDecaySchedulerConfig(lr_final=0.01, **decay),
+                "optimizer": FusedAdamOptimizerConfig(lr=0.03, eps=1e-15),
+                "scheduler": ExponentialDecaySchedulerConfig(lr_final=0.003, **decay),
             },
             "appearance": {
-                "optimizer": FusedAdamOptimizerConfig(lr=0.1, eps=1e-15),
-                "scheduler": ExponentialDecaySchedulerConfig(lr_final=0.01, **decay),
+                "optimizer": FusedAdamOptimizerConfig(lr=0.03, eps=1e-15),
+                "scheduler": ExponentialDecaySchedulerConfig(lr_final=0.003, **decay),
             },
             "colour_mlp": {
                 "optimizer": FusedAdamOptimizerConfig(lr=3e-3, eps=1e-15),

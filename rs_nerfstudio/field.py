@@ -35,6 +35,7 @@ class RSSDFField(Field):
         density_eps: epsilon of the density activation.
         initial_occupancy: base occupancy everywhere at the start (a faint fog that gradients can shape).
         appearance_resolution: colour-feature voxels along the longest side.
+        initial_scale: both grids start at this fraction of their resolutions, until :meth:`resample_to_box`.
         appearance_dim: colour features per voxel.
         hidden_dim: width of the colour MLP.
         sh_levels: spherical-harmonic levels of the view-direction encoding (0 = view-independent colour).
@@ -52,10 +53,13 @@ class RSSDFField(Field):
         appearance_dim: int = 12,
         hidden_dim: int = 64,
         sh_levels: int = 3,
+        initial_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.register_buffer("aabb", aabb.detach().clone().float())
-        self.grid_shape = grids.grid_shape_for_box(self.aabb, resolution)
+        self.resolution = resolution
+        self.appearance_resolution = appearance_resolution
+        self.grid_shape = grids.grid_shape_for_box(self.aabb, max(2, round(resolution * initial_scale)))
         self.register_buffer("voxel", grids.voxel_size(self.aabb, self.grid_shape))
         self.sigma = float(sigma)
         self.render_sigma: Optional[float] = None
@@ -67,7 +71,7 @@ class RSSDFField(Field):
         init_logit = math.log(initial_occupancy / (1.0 - initial_occupancy))
         self.base_logits = nn.Parameter(torch.full(self.grid_shape, init_logit))
 
-        self.appearance_shape = grids.grid_shape_for_box(self.aabb, appearance_resolution)
+        self.appearance_shape = grids.grid_shape_for_box(self.aabb, max(2, round(appearance_resolution * initial_scale)))
         self.features = nn.Parameter(0.1 * torch.randn(*self.appearance_shape, appearance_dim))
         self.sh_levels = sh_levels
         self.colour_mlp = nn.Sequential(
@@ -80,6 +84,65 @@ class RSSDFField(Field):
         self._smoothed_cache: Optional[Tuple[Tuple, Tensor]] = None
         self.generation = 0
         """Training forwards so far (see :meth:`parameters_key`)."""
+
+    # ----- the box the grids cover ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def occupied_box(self, margin: float) -> Optional[Float[Tensor, "2 3"]]:
+        """The box around every voxel inside the surface (f_hat > 1/2), grown by ``margin`` scene units and clipped
+        to the current box; None while nothing is inside."""
+        inside = self.smoothed_occupancy_grid(self.sigma) > 0.5
+        if not inside.any():
+            return None
+        cells = inside.nonzero().flip(-1).to(self.aabb.dtype)  # (x, y, z) voxel indices
+        low = self.aabb[0] + cells.amin(dim=0) * self.voxel - margin
+        high = self.aabb[0] + (cells.amax(dim=0) + 1.0) * self.voxel + margin
+        return torch.stack([torch.maximum(low, self.aabb[0]), torch.minimum(high, self.aabb[1])])
+
+    @torch.no_grad()
+    def resample_to_box(self, aabb: Float[Tensor, "2 3"]) -> None:
+        """Move both grids onto ``aabb`` at their full resolutions along its longest side, interpolating their values.
+
+        The grids become new parameters (autograd keeps the old ones' shapes): an optimizer must be handed the new
+        ones (see :meth:`RSSDFModel.fit_box`).
+        """
+        aabb = aabb.to(self.aabb)
+        shape = grids.grid_shape_for_box(aabb, self.resolution)
+        centres = grids.grid_coords_of_nodes(aabb, shape).reshape(-1, 3)
+        logits = grids.interpolate(self.base_logits[..., None], centres, self.aabb).reshape(shape)
+        appearance_shape = grids.grid_shape_for_box(aabb, self.appearance_resolution)
+        centres = grids.grid_coords_of_nodes(aabb, appearance_shape).reshape(-1, 3)
+        features = grids.interpolate(self.features, centres, self.aabb).reshape(*appearance_shape, -1)
+        self._set_grids(aabb, logits, features, new_parameters=True)
+
+    def _set_grids(self, aabb: Tensor, logits: Tensor, features: Tensor, new_parameters: bool) -> None:
+        self.aabb.copy_(aabb)
+        self.grid_shape = tuple(logits.shape)  # type: ignore[assignment]
+        self.appearance_shape = tuple(features.shape[:3])  # type: ignore[assignment]
+        self.voxel.copy_(grids.voxel_size(self.aabb, self.grid_shape))
+        if new_parameters:
+            self.base_logits = nn.Parameter(logits.contiguous())
+            self.features = nn.Parameter(features.contiguous())
+        else:  # same objects, so that optimizers made before a checkpoint is loaded keep holding them
+            for parameter, value in ((self.base_logits, logits), (self.features, features)):
+                parameter.data = value.contiguous()
+                parameter.grad = None
+        self._smoothed_cache = None
+        self.generation += 1
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
+        """A checkpoint whose box was fitted holds grids of other shapes than a new field's: take its shapes first."""
+        names = [prefix + name for name in ("aabb", "base_logits", "features")]
+        if all(name in state_dict for name in names):
+            aabb, logits, features = (state_dict[name] for name in names)
+            if logits.shape != self.base_logits.shape or features.shape != self.features.shape:
+                with torch.no_grad():
+                    self._set_grids(
+                        aabb.to(self.aabb),
+                        torch.empty(logits.shape, device=self.aabb.device),
+                        torch.empty(features.shape, device=self.aabb.device),
+                        new_parameters=False,
+                    )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----- geometry -------------------------------------------------------------------------------------------
     @property
@@ -143,6 +206,23 @@ class RSSDFField(Field):
     def clear_smoothing_cache(self) -> None:
         """Forget the cached smoothed grid (to time a fresh blur, say)."""
         self._smoothed_cache = None
+
+    @torch.no_grad()
+    def fill_enclosed_space(self, open_voxels: Optional[Tensor] = None, occupancy: float = 0.99) -> int:
+        """Declare cavities solid: voxels outside the surface (f_hat < 1/2) that are sealed off from the box's faces
+        and from ``open_voxels`` (where cameras stand) get base occupancy ``occupancy``. Returns how many.
+
+        No ray reaches a sealed cavity, so nothing constrains it and it keeps its initial fog, which makes a second,
+        inner surface: a hollow shell. Filling it changes no rendered pixel and makes the classifier, its weak SDF
+        and the mesh those of a solid object.
+        """
+        empty = self.smoothed_occupancy_grid(self.sigma) < 0.5
+        cavities = grids.enclosed_voxels(empty, open_voxels)
+        count = int(cavities.sum())
+        if count:
+            self.base_logits[cavities] = math.log(occupancy / (1.0 - occupancy))
+            self.generation += 1
+        return count
 
     def base_occupancy(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N"]:
         """The base classifier f_theta at world points (trilinear; 0 outside the box)."""

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchmetrics.functional import structural_similarity_index_measure
 from torchmetrics.image import PeakSignalNoiseRatio
 
+from rs_nerfstudio import grid as grids
 from rs_nerfstudio.field import RSSDFField
 from rs_nerfstudio.metrics import lpips_if_available
 from rs_nerfstudio.optim import decay_learning_rates_to
@@ -32,9 +33,9 @@ class RSSDFModelConfig(ModelConfig):
     enable_collider: bool = False
     """Unused: rays are clipped to the scene box, where the grid lives."""
     grid_resolution: int = 128
-    """Geometry voxels along the scene box's longest side."""
-    sigma: float = 0.025
-    """Randomized-smoothing noise level sigma, in scene units (~1 voxel of a 128^3 grid over Blender's 3-unit box).
+    """Geometry voxels along the longest side of the grids' box (the fitted box, see `fit_box_at_step`)."""
+    sigma: float = 0.019
+    """Randomized-smoothing noise level sigma, in scene units (~1 voxel of the 128-voxel grid on Lego's fitted box).
     It is the weak SDF's scale: |sdf| is certified up to ~4.75 sigma, and details thinner than ~1.4 sigma vanish."""
     steepness: float = 30.0
     """Final alpha of the occupancy G = sigmoid(alpha (f_hat - 1/2)). Higher is a sharper rendered surface (the weak
@@ -52,8 +53,8 @@ class RSSDFModelConfig(ModelConfig):
     initial_occupancy: float = 0.3
     """Base occupancy f_theta everywhere at step 0: below 1/2, so space starts as a faint fog (G ~ 0.0025 per voxel
     at alpha = 30) that the gradients can shape."""
-    appearance_resolution: int = 96
-    """Colour-feature voxels along the scene box's longest side."""
+    appearance_resolution: int = 128
+    """Colour-feature voxels along the longest side of the grids' box."""
     appearance_dim: int = 12
     """Colour features per voxel."""
     hidden_dim: int = 64
@@ -71,6 +72,19 @@ class RSSDFModelConfig(ModelConfig):
     """Voxels whose occupancy G (and that of all 26 neighbours) is below this are skipped while marching."""
     mask_refresh_steps: int = 16
     """Training steps between refreshes of the empty-space mask."""
+    fit_box_at_step: int = 100
+    """At this training step the grids leave the scene box for the box around the matter found so far (f_hat > 1/2,
+    grown by `fit_box_margin`), resampled at the same resolution: smaller voxels, fewer of them, shorter marches
+    (coarse-to-fine, as DirectVoxGO finds its box). Retried every `mask_refresh_steps` while there is no matter yet;
+    done once per run. 0: the grids keep the scene box."""
+    coarse_scale: float = 0.5
+    """Until the box is fitted, both grids run at this fraction of their resolutions over the whole scene box: a
+    cheap coarse stage that finds where the matter is."""
+    fit_box_margin: float = 0.15
+    """Margin, in scene units, around the matter when the box is fitted: room for what has not formed yet."""
+    fill_enclosed_every: int = 100
+    """Training steps between fills of sealed cavities: space outside the surface that no ray from a training camera
+    can reach is made solid (otherwise it keeps its initial fog and the mesh gets an inner shell). 0: never."""
     colour_weight_threshold: float = 1e-3
     """Colour is computed only for samples whose compositing weight exceeds this."""
     deferred_colour: bool = True
@@ -109,6 +123,7 @@ class RSSDFModel(Model):
             appearance_dim=self.config.appearance_dim,
             hidden_dim=self.config.hidden_dim,
             sh_levels=self.config.sh_levels,
+            initial_scale=self.config.coarse_scale if self.config.fit_box_at_step > 0 else 1.0,
         )
         self.sampler = OccupancyGuidedSampler(
             num_samples=self.config.num_samples,
@@ -125,6 +140,8 @@ class RSSDFModel(Model):
         self.step = 0
         self._mask: Optional[Tensor] = None
         self._mask_key: Optional[Tuple] = None
+        self._camera_voxels: Optional[Tensor] = None
+        self._box_fitted = False
         self.train_seconds = 0.0
         """Seconds spent in training iterations so far (counted when `train_time_budget` is set)."""
         self._iteration_started: Optional[float] = None
@@ -176,6 +193,23 @@ class RSSDFModel(Model):
                 func=self.update_to_step,
             )
         ]
+        if self.config.fit_box_at_step > 0:
+            optimizers = training_callback_attributes.optimizers
+
+            def fit_box_once(step: int) -> None:
+                retry = (step - self.config.fit_box_at_step) % self.config.mask_refresh_steps == 0
+                if step >= self.config.fit_box_at_step and retry and not self.box_fitted:
+                    self.box_fitted = self.fit_box(optimizers)
+
+            callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], fit_box_once))
+        if self.config.fill_enclosed_every > 0:
+            callbacks.append(
+                TrainingCallback(
+                    where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+                    update_every_num_iters=self.config.fill_enclosed_every,
+                    func=self.fill_enclosed_space,
+                )
+            )
         trainer = training_callback_attributes.trainer
         if self.config.train_time_budget is not None and trainer is not None:
             callbacks += self._time_budget_callbacks(trainer, training_callback_attributes.optimizers)
@@ -206,6 +240,50 @@ class RSSDFModel(Model):
             TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], end_iteration),
         ]
 
+    @property
+    def box_fitted(self) -> bool:
+        """Whether the grids left the scene box: fitted in this run, or loaded so from a checkpoint."""
+        return self._box_fitted or not torch.equal(self.field.aabb, self.scene_box.aabb.to(self.field.aabb))
+
+    @box_fitted.setter
+    def box_fitted(self, value: bool) -> None:
+        self._box_fitted = value
+
+    def fit_box(self, optimizers=None) -> bool:
+        """Shrink the grids' box to the matter (see `fit_box_at_step`); False if there is no matter yet."""
+        box = self.field.occupied_box(self.config.fit_box_margin)
+        if box is None:
+            return False
+        old = (self.field.base_logits, self.field.features)
+        self.field.resample_to_box(box)
+        if optimizers is not None:  # hand them the new grids; Adam's moments belonged to the old voxels
+            replacements = dict(zip(old, (self.field.base_logits, self.field.features)))
+            for optimizer in optimizers.optimizers.values():
+                for group in optimizer.param_groups:
+                    group["params"] = [replacements.get(p, p) for p in group["params"]]
+                for parameter in old:
+                    optimizer.state.pop(parameter, None)
+            for name, parameters in optimizers.parameters.items():
+                optimizers.parameters[name] = [replacements.get(p, p) for p in parameters]
+        return True
+
+    def fill_enclosed_space(self, step: int = 0) -> int:
+        """Make sealed cavities solid, keeping open the voxels where training cameras stand."""
+        cameras = self._camera_voxels
+        if cameras is not None and cameras.shape != self.field.grid_shape:  # the box was fitted since
+            cameras = self._camera_voxels = None
+        return self.field.fill_enclosed_space(cameras)
+
+    def _note_camera_voxels(self, origins: Tensor) -> None:
+        """Remember which voxels hold a training camera: space around a camera inside the box is not a cavity."""
+        index, inside = grids.nearest_voxel_index(origins.reshape(-1, 3), self.field.aabb, self.field.grid_shape)
+        if not inside.any():
+            return
+        stale = self._camera_voxels is not None and self._camera_voxels.shape != self.field.grid_shape
+        if self._camera_voxels is None or stale or self._camera_voxels.device != origins.device:
+            self._camera_voxels = torch.zeros(self.field.grid_shape, dtype=torch.bool, device=origins.device)
+        self._camera_voxels.view(-1)[index[inside]] = True
+
     def empty_space_mask(self, smoothed_grid: Tensor) -> Tensor:
         """The skip mask, refreshed every `mask_refresh_steps` while training and whenever the grid changes in eval."""
         if self.training:
@@ -217,7 +295,8 @@ class RSSDFModel(Model):
                 self.field.active_threshold,
                 self.field.steepness,
             )
-        if self._mask is None or self._mask_key != key or self._mask.device != smoothed_grid.device:
+        stale = self._mask is None or self._mask.shape != smoothed_grid.shape or self._mask.device != smoothed_grid.device
+        if stale or self._mask_key != key:
             occupancy_grid = self.field.occupancy_from_smoothed(smoothed_grid.detach())
             self._mask = empty_space_mask(occupancy_grid, self.config.empty_space_threshold)
             self._mask_key = key
@@ -226,6 +305,8 @@ class RSSDFModel(Model):
     # ----- rendering -------------------------------------------------------------------------------------------
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         ray_bundle = ray_bundle.flatten()
+        if self.training and self.config.fill_enclosed_every > 0:
+            self._note_camera_voxels(ray_bundle.origins)
         smoothed_grid = self.field.smoothed_occupancy_grid()
         ray_samples = self.sampler(
             ray_bundle,

@@ -79,7 +79,9 @@ def test_rs_export_from_a_run(trained_run: Path, tmp_path: Path) -> None:
     mesh = trimesh.load(out / "mesh.ply", process=False)
     assert len(mesh.faces) > 100 and mesh.visual.vertex_colors.shape[0] == len(mesh.vertices)
     data = np.load(out / "weak_sdf.npz")
-    assert data["sdf"].shape == (24, 24, 24) and str(data["sign_convention"]) == "positive outside"
+    # 24 nodes along the longest side of the grids' box (fitted to the matter, so no longer a cube)
+    assert max(data["sdf"].shape) == 24 and min(data["sdf"].shape) > 8
+    assert str(data["sign_convention"]) == "positive outside"
     assert float(data["sigma"]) == pytest.approx(0.0625)
     assert {p.name for p in out.glob("slice_*.png")} == {"slice_xy.png", "slice_xz.png", "slice_yz.png"}
     # An existing file is not overwritten without --overwrite, and nothing partial is left.

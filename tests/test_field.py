@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from rs_nerfstudio import grid as grids
 from rs_nerfstudio.field import RSSDFField
 from rs_nerfstudio.smoothing import gaussian_blur_3d
 
@@ -42,3 +45,90 @@ def test_cached_smoothing_follows_load_state_dict_and_sigma() -> None:
         assert not torch.allclose(first, loaded)
         wider = field.smoothed_occupancy_grid(sigma=0.3)
         assert not torch.allclose(wider, loaded)
+
+
+def hollow_shell_field() -> tuple:
+    """A closed spherical shell of matter around never-seen fog (the initial occupancy 0.3)."""
+    field = RSSDFField(aabb=BOX, resolution=32, sigma=0.07, appearance_resolution=8, initial_occupancy=0.3)
+    radius = grids.grid_coords_of_nodes(field.aabb, field.grid_shape).norm(dim=-1)
+    with torch.no_grad():
+        field.base_logits[(radius > 0.45) & (radius < 0.6)] = 6.0
+    return field, radius
+
+
+def test_fill_enclosed_space_makes_a_hollow_shell_solid() -> None:
+    field, radius = hollow_shell_field()
+    centre = torch.zeros(1, 3)
+    outside_before = field.base_logits[radius >= 0.6].clone()
+    with torch.no_grad():
+        assert field.weak_sdf(centre) > 0  # the fog inside counts as outside the surface: an inner shell
+        cavity = (field.smoothed_occupancy_grid() < 0.5) & (radius < 0.45)
+        assert cavity.sum() > 100
+        assert field.fill_enclosed_space(occupancy=0.99) == int(cavity.sum())
+        assert field.weak_sdf(centre) < 0  # solid now
+    torch.testing.assert_close(field.base_logits[cavity], torch.full((int(cavity.sum()),), math.log(99.0)))
+    assert torch.equal(field.base_logits[radius >= 0.6], outside_before)
+    assert field.fill_enclosed_space() == 0  # nothing left to fill
+
+
+def test_fill_enclosed_space_leaves_a_camera_s_surroundings_open() -> None:
+    field, radius = hollow_shell_field()
+    camera = torch.zeros(field.grid_shape, dtype=torch.bool)
+    camera[16, 16, 16] = True  # a camera inside the shell sees its inner wall: that space is not sealed
+    with torch.no_grad():
+        assert field.fill_enclosed_space(camera) == 0
+
+
+def ball_field(radius: float = 0.3, centre=(0.2, -0.1, 0.0)) -> RSSDFField:
+    """A solid ball of matter in empty space."""
+    field = RSSDFField(aabb=BOX, resolution=40, sigma=0.06, appearance_resolution=20)
+    distance = (grids.grid_coords_of_nodes(field.aabb, field.grid_shape) - torch.tensor(centre)).norm(dim=-1)
+    with torch.no_grad():
+        field.base_logits.copy_(torch.where(distance < radius, 8.0, -8.0))
+    return field
+
+
+def test_occupied_box_bounds_the_matter_with_its_margin() -> None:
+    field = ball_field()
+    box = field.occupied_box(margin=0.1)
+    centre = torch.tensor([0.2, -0.1, 0.0])
+    # The ball's f_hat > 1/2 region is the ball to within a voxel (0.05): the box is it, grown by 0.1.
+    torch.testing.assert_close(box, torch.stack([centre - 0.4, centre + 0.4]), atol=0.05, rtol=0)
+    assert torch.equal(field.occupied_box(margin=5.0), BOX)  # clipped to the scene box
+    empty = RSSDFField(aabb=BOX, resolution=8, sigma=0.2, appearance_resolution=4)
+    assert empty.occupied_box(margin=0.1) is None
+
+
+def test_resample_to_box_keeps_the_surface_and_refines_the_voxels() -> None:
+    field = ball_field()
+    points = torch.tensor([0.2, -0.1, 0.0]) + 0.6 * (torch.rand(500, 3) - 0.5)
+    with torch.no_grad():
+        before = field.weak_sdf(points)
+        box = field.occupied_box(margin=0.15)
+        old_parameters = (field.base_logits, field.features)
+        field.resample_to_box(box)
+        after = field.weak_sdf(points)
+    assert field.grid_shape == grids.grid_shape_for_box(box, 40)
+    assert float(field.voxel.max()) < 0.05 / 2  # 40 voxels over 0.9 instead of 2 units
+    assert field.base_logits is not old_parameters[0] and field.features is not old_parameters[1]
+    assert field.features.shape[:3] == grids.grid_shape_for_box(box, 20)
+    # The blur now runs on finer voxels, so f_hat changes a little; the weak SDF stays within a fifth of a voxel.
+    assert (after - before).abs().median() < 0.2 * 0.05
+
+
+def test_a_fitted_checkpoint_loads_into_a_new_field_and_its_optimizer() -> None:
+    """ns-viewer, ns-eval and resumed training build the field on the scene box, then load a fitted checkpoint."""
+    fitted = ball_field()
+    with torch.no_grad():
+        fitted.resample_to_box(fitted.occupied_box(margin=0.15))
+    fresh = ball_field(radius=0.5)
+    optimizer = torch.optim.Adam([fresh.base_logits, fresh.features], lr=0.1)  # made before loading, as nerfstudio does
+    fresh.load_state_dict(fitted.state_dict())
+    assert fresh.grid_shape == fitted.grid_shape and fresh.appearance_shape == fitted.appearance_shape
+    torch.testing.assert_close(fresh.voxel, fitted.voxel)
+    points = torch.rand(100, 3) - 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.weak_sdf(points), fitted.weak_sdf(points))
+    assert optimizer.param_groups[0]["params"][0] is fresh.base_logits  # still the optimizer's parameter
+    fresh.smoothed_occupancy_grid().sum().backward()
+    optimizer.step()  # shapes agree: the optimizer trains the loaded grid

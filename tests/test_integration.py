@@ -8,6 +8,23 @@ import pytest
 import torch
 
 
+def test_training_resumes_from_a_fitted_box(trained_run: Path, tiny_scene: Path, tmp_path: Path) -> None:
+    """--load-dir: nerfstudio builds the model on the scene box and its optimizers before loading the checkpoint,
+    whose grids live on the fitted box. Training must go on, updating the loaded grids."""
+    from tests.conftest import TINY_TRAINING, ns_train_rs_sdf
+
+    first = torch.load(trained_run.parent / "nerfstudio_models" / "step-000000059.ckpt", weights_only=True)
+    aabb = first["pipeline"]["_model.field.aabb"]
+    assert (aabb[1] - aabb[0]).prod() < 0.5 * 3.0**3  # fitted: well inside the generated scene's 3-unit box
+    options = list(TINY_TRAINING) + ["--load-dir", str(trained_run.parent / "nerfstudio_models")]
+    options[options.index("--max-num-iterations") + 1] = "10"  # ten more steps: 60..69
+    ns_train_rs_sdf(tiny_scene, tmp_path, options)
+    resumed = torch.load(next(tmp_path.glob("*/rs-sdf/*/nerfstudio_models/step-000000069.ckpt")), weights_only=True)
+    torch.testing.assert_close(resumed["pipeline"]["_model.field.aabb"], aabb)  # fitted once, not again
+    before, after = first["pipeline"]["_model.field.base_logits"], resumed["pipeline"]["_model.field.base_logits"]
+    assert before.shape == after.shape and not torch.equal(before, after)
+
+
 def test_checkpoints_load_with_weights_only(trained_run: Path) -> None:
     checkpoints = sorted((trained_run.parent / "nerfstudio_models").glob("step-*.ckpt"))
     assert checkpoints, "no checkpoint written"
@@ -84,5 +101,8 @@ def test_time_budget_stops_training_and_decays_the_learning_rate(tiny_scene: Pat
     assert len(checkpoints) >= 1
     state = torch.load(sorted(checkpoints)[-1], map_location="cpu", weights_only=True)
     assert 1 <= state["step"] < 100000 - 1
+    lr, lr_final = (float(options[options.index(f"--optimizers.geometry.{flag}") + 1])
+                    for flag in ("optimizer.lr", "scheduler.lr-final"))  # fmt: skip
+    assert lr_final < lr / 5
     last_lr = state["optimizers"]["geometry"]["param_groups"][0]["lr"]
-    assert last_lr == pytest.approx(0.01, rel=0.2)  # the geometry lr decays 0.1 -> 0.01 over the 4 s
+    assert last_lr == pytest.approx(lr_final, rel=0.2)  # decayed over the 4 s
