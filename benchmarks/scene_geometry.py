@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, default=240.0)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rs-geometry"))
+    parser.add_argument("--ns-train-args", nargs=argparse.REMAINDER, default=[],
+                        help="further ns-train options, after everything else (e.g. --pipeline.model.steepness 60)")
     args = parser.parse_args()
 
     rows = []
@@ -39,7 +41,7 @@ def main() -> None:
         runs = args.workdir / "runs"
         start = time.perf_counter()
         run(BIN / "ns-train", "rs-sdf", "--data", scene, "--output-dir", runs, "--experiment-name", shape,
-            "--vis", "tensorboard", "--pipeline.model.train-time-budget", args.train_seconds)  # fmt: skip
+            "--vis", "tensorboard", "--pipeline.model.train-time-budget", args.train_seconds, *args.ns_train_args)  # fmt: skip
         train_time = time.perf_counter() - start
         config = sorted((runs / shape / "rs-sdf").glob("*/config.yml"))[-1]
         export = config.parent / "export"
