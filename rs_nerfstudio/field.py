@@ -213,8 +213,9 @@ class RSSDFField(Field):
         and from ``open_voxels`` (where cameras stand) get base occupancy ``occupancy``. Returns how many.
 
         No ray reaches a sealed cavity, so nothing constrains it and it keeps its initial fog, which makes a second,
-        inner surface: a hollow shell. Filling it changes no rendered pixel and makes the classifier, its weak SDF
-        and the mesh those of a solid object.
+        inner surface: a hollow shell. Filling it makes the classifier, its weak SDF and the mesh those of a solid
+        object. Behind opaque walls it changes no rendered pixel; a wall with f_hat just above 1/2 still lets some
+        light through, and what is filled behind it can show (not measured on Lego yet).
         """
         empty = self.smoothed_occupancy_grid(self.sigma) < 0.5
         cavities = grids.enclosed_voxels(empty, open_voxels)

@@ -115,7 +115,9 @@ def nearest_voxel_index(
     return flat, inside
 
 
-def enclosed_voxels(empty: Bool[Tensor, "D H W"], open_voxels: Optional[Bool[Tensor, "D H W"]] = None) -> Bool[Tensor, "D H W"]:
+def enclosed_voxels(
+    empty: Bool[Tensor, "D H W"], open_voxels: Optional[Bool[Tensor, "D H W"]] = None
+) -> Bool[Tensor, "D H W"]:
     """Empty voxels that no face-to-face path through empty voxels joins to the box's faces or to ``open_voxels``.
 
     Such a cavity is hidden behind matter from every viewpoint outside it, so no ray constrains it. Paths may not
