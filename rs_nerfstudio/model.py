@@ -256,6 +256,7 @@ class RSSDFModel(Model):
             return False
         old = (self.field.base_logits, self.field.features)
         self.field.resample_to_box(box)
+        self._camera_voxels = None  # indexed by the old voxels; refilled by the next training batches
         if optimizers is not None:  # hand them the new grids; Adam's moments belonged to the old voxels
             replacements = dict(zip(old, (self.field.base_logits, self.field.features)))
             for optimizer in optimizers.optimizers.values():
@@ -269,18 +270,14 @@ class RSSDFModel(Model):
 
     def fill_enclosed_space(self, step: int = 0) -> int:
         """Make sealed cavities solid, keeping open the voxels where training cameras stand."""
-        cameras = self._camera_voxels
-        if cameras is not None and cameras.shape != self.field.grid_shape:  # the box was fitted since
-            cameras = self._camera_voxels = None
-        return self.field.fill_enclosed_space(cameras)
+        return self.field.fill_enclosed_space(self._camera_voxels)
 
     def _note_camera_voxels(self, origins: Tensor) -> None:
         """Remember which voxels hold a training camera: space around a camera inside the box is not a cavity."""
         index, inside = grids.nearest_voxel_index(origins.reshape(-1, 3), self.field.aabb, self.field.grid_shape)
         if not inside.any():
             return
-        stale = self._camera_voxels is not None and self._camera_voxels.shape != self.field.grid_shape
-        if self._camera_voxels is None or stale or self._camera_voxels.device != origins.device:
+        if self._camera_voxels is None or self._camera_voxels.device != origins.device:
             self._camera_voxels = torch.zeros(self.field.grid_shape, dtype=torch.bool, device=origins.device)
         self._camera_voxels.view(-1)[index[inside]] = True
 
