@@ -208,20 +208,19 @@ class RSSDFField(Field):
         self._smoothed_cache = None
 
     @torch.no_grad()
-    def fill_enclosed_space(self, open_voxels: Optional[Tensor] = None, occupancy: float = 0.99) -> int:
-        """Declare cavities solid: voxels outside the surface (f_hat < 1/2) that are sealed off from the box's faces
-        and from ``open_voxels`` (where cameras stand) get base occupancy ``occupancy``. Returns how many.
+    def fill_hidden_space(self, hidden: Tensor, occupancy: float = 0.99) -> int:
+        """Declare hidden space solid: voxels of ``hidden`` outside the surface (f_hat < 1/2) get base occupancy
+        ``occupancy``. Returns how many.
 
-        No ray reaches a sealed cavity, so nothing constrains it and it keeps its initial fog, which makes a second,
-        inner surface: a hollow shell. Filling it makes the classifier, its weak SDF and the mesh those of a solid
-        object. Behind opaque walls it changes no rendered pixel; a wall with f_hat just above 1/2 still lets some
-        light through, and what is filled behind it can show (not measured on Lego yet).
+        Rays reach what lies behind a surface from every camera (a solid's inside, the underside of a scene shot
+        from above) with no light left, so the images leave it free: it keeps its initial fog or drifts, which makes
+        inner shells and open bottoms. Space carving's prior, what no camera saw through is matter, makes the
+        classifier, its weak SDF and the mesh those of a solid object, and no training ray sees the change.
         """
-        empty = self.smoothed_occupancy_grid(self.sigma) < 0.5
-        cavities = grids.enclosed_voxels(empty, open_voxels)
-        count = int(cavities.sum())
+        hidden = (self.smoothed_occupancy_grid(self.sigma) < 0.5) & hidden
+        count = int(hidden.sum())
         if count:
-            self.base_logits[cavities] = math.log(occupancy / (1.0 - occupancy))
+            self.base_logits[hidden] = math.log(occupancy / (1.0 - occupancy))
             self.generation += 1
         return count
 

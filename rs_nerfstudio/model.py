@@ -17,11 +17,10 @@ from torch import Tensor, nn
 from torchmetrics.functional import structural_similarity_index_measure
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from rs_nerfstudio import grid as grids
 from rs_nerfstudio.field import RSSDFField
 from rs_nerfstudio.metrics import lpips_if_available
 from rs_nerfstudio.optim import decay_learning_rates_to
-from rs_nerfstudio.sampler import OccupancyGuidedSampler, empty_space_mask
+from rs_nerfstudio.sampler import OccupancyGuidedSampler, RayVisibility, empty_space_mask, opaque_interior
 from rs_nerfstudio.sdf import weak_sdf
 
 
@@ -69,7 +68,8 @@ class RSSDFModelConfig(ModelConfig):
     uniform_sample_fraction: float = 0.05
     """Share of each ray's training samples spread uniformly, so geometry can appear where there is none yet."""
     empty_space_threshold: float = 1e-3
-    """Voxels whose occupancy G (and that of all 26 neighbours) is below this are skipped while marching."""
+    """Voxels whose occupancy G and that of all 26 neighbours is below this (empty space), or above 1 minus this (the
+    inside of opaque matter), are skipped while marching."""
     mask_refresh_steps: int = 16
     """Training steps between refreshes of the empty-space mask."""
     fit_box_at_step: int = 100
@@ -82,9 +82,10 @@ class RSSDFModelConfig(ModelConfig):
     cheap coarse stage that finds where the matter is."""
     fit_box_margin: float = 0.15
     """Margin, in scene units, around the matter when the box is fitted: room for what has not formed yet."""
-    fill_enclosed_every: int = 100
-    """Training steps between fills of sealed cavities: space outside the surface that no ray from a training camera
-    can reach is made solid (otherwise it keeps its initial fog and the mesh gets an inner shell). 0: never."""
+    fill_hidden_every: int = 100
+    """Training steps between fills of hidden space: what training rays reached in that many steps but never saw
+    through (a solid's inside, an underside no camera faces) becomes solid, so the classifier and its meshes are those
+    of solid objects, without inner shells or open bottoms. 0: never."""
     colour_weight_threshold: float = 1e-3
     """Colour is computed only for samples whose compositing weight exceeds this."""
     deferred_colour: bool = True
@@ -92,6 +93,11 @@ class RSSDFModelConfig(ModelConfig):
     SNeRG does), instead of once per sample: the same for opaque surfaces, and the MLP's cost drops ~10x on a CPU."""
     tv_weight: float = 0.0
     """Weight of a total-variation penalty on the base occupancy (0: off)."""
+    confidence_weight: float = 0.01
+    """Weight of a term that pushes the base classifier f_theta towards 0 or 1 everywhere: mean f (1 - f). Images
+    only ask that the surface be opaque, which f_hat just above 1/2 already is; the weak SDF needs f_theta near 1
+    inside and near 0 outside. On benchmarks/scene_geometry.py's sphere (geometry lr 0.03) it took the F-score at
+    0.5% from 0.62 to 0.80 and the Chamfer distance from 0.47% to 0.39% of the diagonal."""
     background_color: Literal["white", "black"] = "white"
     """Colour behind the scene; Blender-synthetic scenes are rendered on white."""
     train_time_budget: Optional[float] = None
@@ -140,7 +146,8 @@ class RSSDFModel(Model):
         self.step = 0
         self._mask: Optional[Tensor] = None
         self._mask_key: Optional[Tuple] = None
-        self._camera_voxels: Optional[Tensor] = None
+        self._visibility: Optional[RayVisibility] = None
+        """What training rays saw since the last fill (see `fill_hidden_every`)."""
         self._box_fitted = False
         self.train_seconds = 0.0
         """Seconds spent in training iterations so far (counted when `train_time_budget` is set)."""
@@ -202,12 +209,12 @@ class RSSDFModel(Model):
                     self.box_fitted = self.fit_box(optimizers)
 
             callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], fit_box_once))
-        if self.config.fill_enclosed_every > 0:
+        if self.config.fill_hidden_every > 0:
             callbacks.append(
                 TrainingCallback(
                     where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
-                    update_every_num_iters=self.config.fill_enclosed_every,
-                    func=self.fill_enclosed_space,
+                    update_every_num_iters=self.config.fill_hidden_every,
+                    func=self.fill_hidden_space,
                 )
             )
         trainer = training_callback_attributes.trainer
@@ -256,7 +263,7 @@ class RSSDFModel(Model):
             return False
         old = (self.field.base_logits, self.field.features)
         self.field.resample_to_box(box)
-        self._camera_voxels = None  # indexed by the old voxels; refilled by the next training batches
+        self._visibility = None  # of the old voxels; the next batches see the new ones
         if optimizers is not None:  # hand them the new grids; Adam's moments belonged to the old voxels
             replacements = dict(zip(old, (self.field.base_logits, self.field.features)))
             for optimizer in optimizers.optimizers.values():
@@ -268,18 +275,14 @@ class RSSDFModel(Model):
                 optimizers.parameters[name] = [replacements.get(p, p) for p in parameters]
         return True
 
-    def fill_enclosed_space(self, step: int = 0) -> int:
-        """Make sealed cavities solid, keeping open the voxels where training cameras stand."""
-        return self.field.fill_enclosed_space(self._camera_voxels)
-
-    def _note_camera_voxels(self, origins: Tensor) -> None:
-        """Remember which voxels hold a training camera: space around a camera inside the box is not a cavity."""
-        index, inside = grids.nearest_voxel_index(origins.reshape(-1, 3), self.field.aabb, self.field.grid_shape)
-        if not inside.any():
-            return
-        if self._camera_voxels is None or self._camera_voxels.device != origins.device:
-            self._camera_voxels = torch.zeros(self.field.grid_shape, dtype=torch.bool, device=origins.device)
-        self._camera_voxels.view(-1)[index[inside]] = True
+    def fill_hidden_space(self, step: int = 0) -> int:
+        """Make solid what training rays reached only behind matter over the last `fill_hidden_every` batches, and
+        start a new count. Fewer batches than that (after the box moved, say) are too few rays to tell: no fill."""
+        if self._visibility is None or self._visibility.batches < self.config.fill_hidden_every:
+            return 0
+        filled = self.field.fill_hidden_space(self._visibility.hidden)
+        self._visibility = None
+        return filled
 
     def empty_space_mask(self, smoothed_grid: Tensor) -> Tensor:
         """The skip mask, refreshed every `mask_refresh_steps` while training and whenever the grid changes in eval."""
@@ -295,16 +298,20 @@ class RSSDFModel(Model):
         stale = self._mask is None or self._mask.shape != smoothed_grid.shape or self._mask.device != smoothed_grid.device
         if stale or self._mask_key != key:
             occupancy_grid = self.field.occupancy_from_smoothed(smoothed_grid.detach())
-            self._mask = empty_space_mask(occupancy_grid, self.config.empty_space_threshold)
+            threshold = self.config.empty_space_threshold
+            self._mask = empty_space_mask(occupancy_grid, threshold) & ~opaque_interior(occupancy_grid, 1.0 - threshold)
             self._mask_key = key
         return self._mask
 
     # ----- rendering -------------------------------------------------------------------------------------------
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         ray_bundle = ray_bundle.flatten()
-        if self.training and self.config.fill_enclosed_every > 0:
-            self._note_camera_voxels(ray_bundle.origins)
         smoothed_grid = self.field.smoothed_occupancy_grid()
+        visibility = None
+        if self.training and self.config.fill_hidden_every > 0:
+            visibility = self._visibility
+            if visibility is None or visibility.seen_through.shape != smoothed_grid.shape:  # (a checkpoint was loaded)
+                visibility = self._visibility = RayVisibility.empty(smoothed_grid.shape, smoothed_grid.device)
         ray_samples = self.sampler(
             ray_bundle,
             smoothed_grid.detach(),
@@ -313,6 +320,7 @@ class RSSDFModel(Model):
             self.field.voxel_length,
             self.field.density_from_smoothed,
             training=self.training,
+            visibility=visibility,
         )
         num_rays, num_samples = ray_samples.frustums.shape
         positions = ray_samples.frustums.get_positions().reshape(-1, 3)
@@ -387,6 +395,8 @@ class RSSDFModel(Model):
         losses = {"rgb_loss": self.rgb_loss(gt_rgb, pred_rgb)}
         if self.training and self.config.tv_weight > 0:
             losses["tv_loss"] = self.config.tv_weight * total_variation(self.field.base_occupancy_grid())
+        if self.training and self.config.confidence_weight > 0:
+            losses["confidence_loss"] = self.config.confidence_weight * indecision(self.field.base_occupancy_grid())
         return losses
 
     def get_image_metrics_and_images(
@@ -415,3 +425,8 @@ class RSSDFModel(Model):
 def total_variation(grid: Tensor) -> Tensor:
     """Mean squared difference between neighbouring voxels of a ``[C, D, H, W]`` grid."""
     return sum(grid.diff(dim=axis).pow(2).mean() for axis in (-1, -2, -3))  # type: ignore[return-value]
+
+
+def indecision(probabilities: Tensor) -> Tensor:
+    """Mean p (1 - p): 0 where a classifier says 0 or 1, largest at 1/2; its gradient pushes p away from 1/2."""
+    return (probabilities * (1.0 - probabilities)).mean()

@@ -56,27 +56,30 @@ def hollow_shell_field() -> tuple:
     return field, radius
 
 
-def test_fill_enclosed_space_makes_a_hollow_shell_solid() -> None:
+def test_fill_hidden_space_makes_a_hollow_shell_solid() -> None:
     field, radius = hollow_shell_field()
+    hidden = radius < 0.6  # cameras outside reach the shell and what lies behind it; they see through the rest
     centre = torch.zeros(1, 3)
     outside_before = field.base_logits[radius >= 0.6].clone()
     with torch.no_grad():
         assert field.weak_sdf(centre) > 0  # the fog inside counts as outside the surface: an inner shell
-        cavity = (field.smoothed_occupancy_grid() < 0.5) & (radius < 0.45)
-        assert cavity.sum() > 100
-        assert field.fill_enclosed_space(occupancy=0.99) == int(cavity.sum())
+        inside = (field.smoothed_occupancy_grid() < 0.5) & (radius < 0.45)
+        assert inside.sum() > 100
+        assert field.fill_hidden_space(hidden, occupancy=0.99) == int(inside.sum())
         assert field.weak_sdf(centre) < 0  # solid now
-    torch.testing.assert_close(field.base_logits[cavity], torch.full((int(cavity.sum()),), math.log(99.0)))
+    torch.testing.assert_close(field.base_logits[inside], torch.full((int(inside.sum()),), math.log(99.0)))
     assert torch.equal(field.base_logits[radius >= 0.6], outside_before)
-    assert field.fill_enclosed_space() == 0  # nothing left to fill
+    assert field.fill_hidden_space(hidden) == 0  # nothing left to fill
 
 
-def test_fill_enclosed_space_leaves_a_camera_s_surroundings_open() -> None:
+def test_fill_hidden_space_fills_only_what_is_hidden() -> None:
     field, radius = hollow_shell_field()
-    camera = torch.zeros(field.grid_shape, dtype=torch.bool)
-    camera[16, 16, 16] = True  # a camera inside the shell sees its inner wall: that space is not sealed
+    hidden = (radius >= 0.3) & (radius < 0.6)  # a camera inside the shell sees through the space around it
     with torch.no_grad():
-        assert field.fill_enclosed_space(camera) == 0
+        outside_the_surface = field.smoothed_occupancy_grid() < 0.5
+        assert field.fill_hidden_space(hidden) == int((outside_the_surface & hidden).sum())
+        assert not outside_the_surface[(radius > 0.5) & (radius < 0.55)].any()  # the wall is matter already
+        assert field.base_occupancy(torch.zeros(1, 3)) < 0.5
 
 
 def ball_field(radius: float = 0.3, centre=(0.2, -0.1, 0.0)) -> RSSDFField:

@@ -1,14 +1,15 @@
-"""The rs-sdf model's training-time behaviour: fitting the grids' box, filling sealed cavities."""
+"""The rs-sdf model's training-time behaviour: fitting the grids' box, filling hidden space."""
 
 from __future__ import annotations
 
 import torch
+from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.engine.optimizers import Optimizers
 
 from rs_nerfstudio import grid as grids
 from rs_nerfstudio.config import rs_sdf_trainer_config
-from rs_nerfstudio.model import RSSDFModelConfig
+from rs_nerfstudio.model import RSSDFModelConfig, indecision
 
 
 def small_model(**overrides):
@@ -41,3 +42,49 @@ def test_the_coarse_stage_then_the_fitted_box_train_through_the_optimizers() -> 
 def test_no_coarse_stage_without_a_box_fit() -> None:
     model = small_model(coarse_scale=0.5, fit_box_at_step=0)
     assert model.field.grid_shape == (32, 32, 32)
+
+
+def rays_along_the_axes(count: int = 32) -> RayBundle:
+    """Parallel rays through the box from both ends of each axis, one per voxel column of a ``count``^3 grid."""
+    side = torch.linspace(-1.5, 1.5, 2 * count + 1)[1::2]
+    u, v = (a.reshape(-1) for a in torch.meshgrid(side, side, indexing="ij"))
+    origins, directions = [], []
+    for axis in range(3):
+        for sign in (1.0, -1.0):
+            position = torch.zeros(u.shape[0], 3)
+            position[:, (axis + 1) % 3], position[:, (axis + 2) % 3], position[:, axis] = u, v, -3.0 * sign
+            direction = torch.zeros_like(position)
+            direction[:, axis] = sign
+            origins.append(position)
+            directions.append(direction)
+    origins, directions = torch.cat(origins), torch.cat(directions)
+    return RayBundle(origins=origins, directions=directions, pixel_area=torch.ones(origins.shape[0], 1))
+
+
+def test_training_rays_fill_the_inside_of_a_shell_they_cannot_see() -> None:
+    model = small_model(fit_box_at_step=0, fill_hidden_every=2, initial_occupancy=0.3)
+    radius = grids.grid_coords_of_nodes(model.field.aabb, model.field.grid_shape).norm(dim=-1)
+    with torch.no_grad():
+        model.field.base_logits[(radius > 0.6) & (radius < 0.9)] = 8.0
+    rays = rays_along_the_axes()
+    model.train()
+    model.get_outputs(rays)
+    assert model.fill_hidden_space() == 0  # one batch is too few to tell hidden from unseen
+    model.get_outputs(rays)
+    before = model.field.base_logits.detach().clone()
+    with torch.no_grad():
+        hidden = model.field.smoothed_occupancy_grid() < 0.5
+    assert model.fill_hidden_space() > 0
+    filled = model.field.base_logits.detach() != before
+    assert filled.any() and (radius[filled] < 0.65).all()  # inside the shell only
+    assert hidden[radius < 0.5].all() and filled[radius < 0.5].all()  # all of the fog inside
+    assert model.fill_hidden_space() == 0  # a new count starts after a fill
+
+
+def test_indecision_pushes_the_classifier_away_from_one_half() -> None:
+    assert float(indecision(torch.tensor([0.0, 1.0, 1.0, 0.0]))) == 0.0
+    assert float(indecision(torch.tensor([0.5]))) == 0.25
+    logits = torch.tensor([-1.0, -0.2, 0.3, 2.0], requires_grad=True)
+    indecision(torch.sigmoid(logits)).backward()
+    step = -logits.grad  # gradient descent moves each logit further from 0, the way it already leans
+    assert (torch.sign(step) == torch.sign(logits.detach())).all()

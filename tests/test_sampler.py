@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from nerfstudio.cameras.rays import RayBundle
 
-from rs_nerfstudio.sampler import OccupancyGuidedSampler, empty_space_mask, intersect_aabb, sample_pdf
+from rs_nerfstudio.sampler import (
+    OccupancyGuidedSampler,
+    RayVisibility,
+    empty_space_mask,
+    intersect_aabb,
+    opaque_interior,
+    sample_pdf,
+)
 from rs_nerfstudio.sdf import density_from_occupancy, occupancy
 
 BOX = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
@@ -48,6 +55,17 @@ def test_empty_space_mask_equals_a_max_pool() -> None:
         assert torch.equal(empty_space_mask(grid, 0.5), expected), shape
 
 
+def test_opaque_interior_keeps_the_outer_layer_and_the_box_faces() -> None:
+    grid = torch.zeros(10, 10, 10)
+    grid[2:8, 2:8, 0:6] = 1.0  # a solid block resting against the box's x = 0 face
+    interior = opaque_interior(grid, 0.999)
+    expected = torch.zeros_like(interior)
+    expected[3:7, 3:7, 1:5] = True  # one voxel in from every side, the face included
+    assert torch.equal(interior, expected)
+    grid[5, 5, 3] = 0.5  # a voxel that is not opaque exposes its neighbours
+    assert not opaque_interior(grid, 0.999)[4:7, 4:7, 2:5].any()
+
+
 def test_samples_concentrate_at_the_surface() -> None:
     """A slab z < 0 of smoothed occupancy 1: rays coming down the z axis put their samples near z = 0."""
     resolution, voxel = 32, 2.0 / 32
@@ -63,3 +81,26 @@ def test_samples_concentrate_at_the_surface() -> None:
     z = samples.frustums.get_positions()[..., 2]
     assert samples.frustums.shape == (64, 16)
     assert (z.abs() < 3 * voxel).float().mean() > 0.9, z[0]
+
+
+def test_visibility_sees_through_the_space_in_front_of_the_surface_only() -> None:
+    """Rays down the z axis onto the slab z < 0 of the box's lower half, one per column but for the last row."""
+    resolution, voxel = 32, 2.0 / 32
+    centres = torch.linspace(-1 + voxel / 2, 1 - voxel / 2, resolution)
+    smoothed = (centres < 0).float()[:, None, None].expand(resolution, resolution, resolution).contiguous()
+    xy = torch.stack(torch.meshgrid(centres, centres[:-1], indexing="xy"), -1).reshape(-1, 2)
+    origins = torch.cat([xy, torch.full((xy.shape[0], 1), 3.0)], -1)
+    directions = torch.tensor([[0.0, 0.0, -1.0]]).expand_as(origins)
+    bundle = RayBundle(origins=origins, directions=directions, pixel_area=torch.ones(xy.shape[0], 1))
+    density = lambda f: density_from_occupancy(occupancy(f, 40.0), 1 / voxel)  # noqa: E731
+    visibility = RayVisibility.empty(smoothed.shape, torch.device("cpu"))
+    mask = empty_space_mask(occupancy(smoothed, 40.0), 1e-3)
+    sampler = OccupancyGuidedSampler(num_samples=8)
+    sampler.coarse_weights(bundle, smoothed, mask, BOX, voxel, density, 0.0, visibility)
+    assert visibility.batches == 1
+    reached = torch.zeros_like(visibility.hidden)
+    reached[:, :-1, :] = True  # (z, y, x): no ray ran down the last row of y
+    upper = torch.zeros_like(reached)
+    upper[resolution // 2 :] = True
+    assert torch.equal(visibility.seen_through, reached & upper)  # empty, and light went on
+    assert torch.equal(visibility.hidden, reached & ~upper)  # the slab's first voxel stops it: the rest is hidden
