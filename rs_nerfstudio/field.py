@@ -208,19 +208,17 @@ class RSSDFField(Field):
         self._smoothed_cache = None
 
     @torch.no_grad()
-    def fill_hidden_space(self, hidden: Tensor, occupancy: float = 0.99) -> int:
-        """Declare hidden space solid: voxels of ``hidden`` outside the surface (f_hat < 1/2) get base occupancy
-        ``occupancy``. Returns how many.
+    def make_solid(self, region: Tensor, occupancy: float = 0.99) -> int:
+        """Voxels of ``region`` outside the surface (f_hat < 1/2) get base occupancy ``occupancy``; returns how many.
 
-        Rays reach what lies behind a surface from every camera (a solid's inside, the underside of a scene shot
-        from above) with no light left, so the images leave it free: it keeps its initial fog or drifts, which makes
-        inner shells and open bottoms. Space carving's prior, what no camera saw through is matter, makes the
-        classifier, its weak SDF and the mesh those of a solid object, and no training ray sees the change.
+        For space the images leave free (see ``RSSDFModelConfig.fill_rule``): no ray reaches it with light left, so
+        it keeps its initial fog or drifts, which makes inner shells. Filling it makes the classifier, its weak SDF
+        and the mesh those of a solid object.
         """
-        hidden = (self.smoothed_occupancy_grid(self.sigma) < 0.5) & hidden
-        count = int(hidden.sum())
+        region = (self.smoothed_occupancy_grid(self.sigma) < 0.5) & region
+        count = int(region.sum())
         if count:
-            self.base_logits[hidden] = math.log(occupancy / (1.0 - occupancy))
+            self.base_logits[region] = math.log(occupancy / (1.0 - occupancy))
             self.generation += 1
         return count
 

@@ -9,11 +9,11 @@ sample are 8 contiguous rows.
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 
@@ -113,6 +113,26 @@ def nearest_voxel_index(
     cell = torch.minimum(cell.clamp_min(0), dims - 1)
     flat = (cell[..., 2] * height + cell[..., 1]) * width + cell[..., 0]
     return flat, inside
+
+
+def enclosed_voxels(
+    empty: Bool[Tensor, "D H W"], open_voxels: Optional[Bool[Tensor, "D H W"]] = None
+) -> Bool[Tensor, "D H W"]:
+    """Empty voxels that no face-to-face path through empty voxels joins to the box's faces or to ``open_voxels``.
+
+    Such a cavity is sealed off by matter from every viewpoint outside it, so no ray constrains it. Paths may not
+    squeeze diagonally between two voxels of matter, so a leak has to be a real hole a ray can pass.
+    """
+    import scipy.ndimage  # imported here: only training's fill and tests need it
+
+    labels, _ = scipy.ndimage.label(empty.cpu().numpy())  # 6-connectivity
+    labels_t = torch.from_numpy(labels)
+    reachable = [labels_t[0], labels_t[-1], labels_t[:, 0], labels_t[:, -1], labels_t[:, :, 0], labels_t[:, :, -1]]
+    if open_voxels is not None:
+        reachable.append(labels_t[open_voxels.cpu()])
+    reachable_labels = torch.unique(torch.cat([r.reshape(-1) for r in reachable]))
+    enclosed = (labels_t > 0) & ~torch.isin(labels_t, reachable_labels)
+    return enclosed.to(empty.device)
 
 
 BYTES_PER_FLOAT32 = 4

@@ -55,10 +55,7 @@ TINY_TRAINING = [
     "--pipeline.model.sigma", "0.0625",
     "--pipeline.model.steepness", "60",  # a rising alpha, so that tests see it restored from a checkpoint
     "--pipeline.model.fit-box-at-step", "10",  # checkpoints hold grids on a fitted box, smaller than the scene's
-    "--pipeline.model.fill-hidden-every", "20",
-    # 60 steps instead of thousands: larger geometry steps than the defaults, so the shape becomes solid
-    "--optimizers.geometry.optimizer.lr", "0.1",
-    "--optimizers.geometry.scheduler.lr-final", "0.01",
+    "--pipeline.model.fill-every", "20",
 ]  # fmt: skip
 
 

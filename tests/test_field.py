@@ -56,28 +56,28 @@ def hollow_shell_field() -> tuple:
     return field, radius
 
 
-def test_fill_hidden_space_makes_a_hollow_shell_solid() -> None:
+def test_make_solid_fills_a_hollow_shell() -> None:
     field, radius = hollow_shell_field()
-    hidden = radius < 0.6  # cameras outside reach the shell and what lies behind it; they see through the rest
+    hidden = radius < 0.6  # what cameras outside the shell reach only behind matter
     centre = torch.zeros(1, 3)
     outside_before = field.base_logits[radius >= 0.6].clone()
     with torch.no_grad():
         assert field.weak_sdf(centre) > 0  # the fog inside counts as outside the surface: an inner shell
         inside = (field.smoothed_occupancy_grid() < 0.5) & (radius < 0.45)
         assert inside.sum() > 100
-        assert field.fill_hidden_space(hidden, occupancy=0.99) == int(inside.sum())
+        assert field.make_solid(hidden, occupancy=0.99) == int(inside.sum())
         assert field.weak_sdf(centre) < 0  # solid now
     torch.testing.assert_close(field.base_logits[inside], torch.full((int(inside.sum()),), math.log(99.0)))
     assert torch.equal(field.base_logits[radius >= 0.6], outside_before)
-    assert field.fill_hidden_space(hidden) == 0  # nothing left to fill
+    assert field.make_solid(hidden) == 0  # nothing left to fill
 
 
-def test_fill_hidden_space_fills_only_what_is_hidden() -> None:
+def test_make_solid_fills_only_its_region_outside_the_surface() -> None:
     field, radius = hollow_shell_field()
     hidden = (radius >= 0.3) & (radius < 0.6)  # a camera inside the shell sees through the space around it
     with torch.no_grad():
         outside_the_surface = field.smoothed_occupancy_grid() < 0.5
-        assert field.fill_hidden_space(hidden) == int((outside_the_surface & hidden).sum())
+        assert field.make_solid(hidden) == int((outside_the_surface & hidden).sum())
         assert not outside_the_surface[(radius > 0.5) & (radius < 0.55)].any()  # the wall is matter already
         assert field.base_occupancy(torch.zeros(1, 3)) < 0.5
 

@@ -64,3 +64,39 @@ def test_nearest_voxel_index_and_inside() -> None:
 def test_memory_estimate_grows_with_voxels() -> None:
     assert grids.training_memory_bytes(128**3) == 128**3 * 4 * grids.TRAINING_COPIES
     assert grids.available_memory_bytes("cpu") > 0
+
+
+def hollow_cube(size: int = 12, wall: int = 2) -> torch.Tensor:
+    """An empty-space mask: True everywhere but a closed cubic shell of matter ``wall`` voxels thick."""
+    matter = torch.zeros(size, size, size, dtype=torch.bool)
+    matter[3:-3, 3:-3, 3:-3] = True
+    matter[3 + wall : -3 - wall, 3 + wall : -3 - wall, 3 + wall : -3 - wall] = False
+    return ~matter
+
+
+def test_enclosed_voxels_finds_the_sealed_cavity_only() -> None:
+    empty = hollow_cube()
+    enclosed = grids.enclosed_voxels(empty)
+    expected = torch.zeros_like(empty)
+    expected[5:-5, 5:-5, 5:-5] = True
+    assert torch.equal(enclosed, expected)
+
+
+def test_enclosed_voxels_a_hole_or_a_camera_opens_the_cavity() -> None:
+    empty = hollow_cube()
+    holed = empty.clone()
+    holed[6, 6, 3:5] = True  # a one-voxel tunnel through the wall
+    assert not grids.enclosed_voxels(holed).any()
+    camera = torch.zeros_like(empty)
+    camera[6, 6, 6] = True  # a ray saw through a voxel inside: a camera stands there, or a wall lets light in
+    assert not grids.enclosed_voxels(empty, camera).any()
+
+
+def test_enclosed_voxels_diagonal_gaps_do_not_leak() -> None:
+    """Empty voxels touching only along an edge are not a passage: the shell still seals its cavity."""
+    empty = hollow_cube(wall=1)
+    empty[6, 3, 6] = True  # carve a cell out of the wall's face...
+    empty[6, 4, 7] = True  # ...and one inside the cavity, touching it only along an edge (y and x both differ)
+    empty[6, 4, 6] = False
+    enclosed = grids.enclosed_voxels(empty)
+    assert enclosed[6, 4, 7] and not enclosed[6, 3, 6]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
@@ -44,41 +45,65 @@ def test_no_coarse_stage_without_a_box_fit() -> None:
     assert model.field.grid_shape == (32, 32, 32)
 
 
-def rays_along_the_axes(count: int = 32) -> RayBundle:
-    """Parallel rays through the box from both ends of each axis, one per voxel column of a ``count``^3 grid."""
+ALL_SIX = tuple((axis, sign) for axis in range(3) for sign in (1.0, -1.0))
+
+
+def rays_along_the_axes(count: int = 32, directions=ALL_SIX) -> RayBundle:
+    """Parallel rays through the box along ``(axis, sign)`` directions, one per voxel column of a ``count``^3 grid."""
     side = torch.linspace(-1.5, 1.5, 2 * count + 1)[1::2]
     u, v = (a.reshape(-1) for a in torch.meshgrid(side, side, indexing="ij"))
-    origins, directions = [], []
-    for axis in range(3):
-        for sign in (1.0, -1.0):
-            position = torch.zeros(u.shape[0], 3)
-            position[:, (axis + 1) % 3], position[:, (axis + 2) % 3], position[:, axis] = u, v, -3.0 * sign
-            direction = torch.zeros_like(position)
-            direction[:, axis] = sign
-            origins.append(position)
-            directions.append(direction)
-    origins, directions = torch.cat(origins), torch.cat(directions)
+    origins, unit = [], []
+    for axis, sign in directions:
+        position = torch.zeros(u.shape[0], 3)
+        position[:, (axis + 1) % 3], position[:, (axis + 2) % 3], position[:, axis] = u, v, -3.0 * sign
+        direction = torch.zeros_like(position)
+        direction[:, axis] = sign
+        origins.append(position)
+        unit.append(direction)
+    origins, directions = torch.cat(origins), torch.cat(unit)
     return RayBundle(origins=origins, directions=directions, pixel_area=torch.ones(origins.shape[0], 1))
 
 
-def test_training_rays_fill_the_inside_of_a_shell_they_cannot_see() -> None:
-    model = small_model(fit_box_at_step=0, fill_hidden_every=2, initial_occupancy=0.3)
-    radius = grids.grid_coords_of_nodes(model.field.aabb, model.field.grid_shape).norm(dim=-1)
+def model_with_matter(region: str, **overrides):
+    """A 32^3 model whose base grid holds a shell (radius 0.6-0.9), or its upper half (a dome), in 0.3 fog."""
+    model = small_model(fit_box_at_step=0, fill_every=2, initial_occupancy=0.3, **overrides)
+    centres = grids.grid_coords_of_nodes(model.field.aabb, model.field.grid_shape)
+    radius = centres.norm(dim=-1)
+    matter = (radius > 0.6) & (radius < 0.9)
+    if region == "dome":
+        matter &= centres[..., 2] > 0
     with torch.no_grad():
-        model.field.base_logits[(radius > 0.6) & (radius < 0.9)] = 8.0
-    rays = rays_along_the_axes()
+        model.field.base_logits[matter] = 8.0
     model.train()
+    return model, radius
+
+
+@pytest.mark.parametrize("rule", ["sealed", "hidden"])
+def test_training_rays_fill_the_inside_of_a_shell(rule: str) -> None:
+    model, radius = model_with_matter("shell", fill_rule=rule)
+    rays = rays_along_the_axes()
     model.get_outputs(rays)
-    assert model.fill_hidden_space() == 0  # one batch is too few to tell hidden from unseen
+    assert model.fill_unseen_space() == 0  # one batch is too few to tell
     model.get_outputs(rays)
     before = model.field.base_logits.detach().clone()
-    with torch.no_grad():
-        hidden = model.field.smoothed_occupancy_grid() < 0.5
-    assert model.fill_hidden_space() > 0
+    assert model.fill_unseen_space() > 0
     filled = model.field.base_logits.detach() != before
-    assert filled.any() and (radius[filled] < 0.65).all()  # inside the shell only
-    assert hidden[radius < 0.5].all() and filled[radius < 0.5].all()  # all of the fog inside
-    assert model.fill_hidden_space() == 0  # a new count starts after a fill
+    assert (radius[filled] < 0.65).all()  # inside the shell only
+    assert filled[radius < 0.5].all()  # all of the fog inside
+    assert model.fill_unseen_space() == 0  # a new count starts after a fill
+
+
+def test_hidden_space_under_a_dome_is_filled_by_the_hidden_rule_only() -> None:
+    """Seen only from above, a dome hides the space under it: it is open, yet no ray can tell it from matter."""
+    from_above = rays_along_the_axes(directions=[(2, -1.0)])
+    filled = {}
+    for rule in ("sealed", "hidden"):
+        model, radius = model_with_matter("dome", fill_rule=rule)
+        for _ in range(2):
+            model.get_outputs(from_above)
+        filled[rule] = model.fill_unseen_space()
+    assert filled["sealed"] == 0
+    assert filled["hidden"] > 1000  # the dome's inside and the column under it, down to the box's floor
 
 
 def test_indecision_pushes_the_classifier_away_from_one_half() -> None:
