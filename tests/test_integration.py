@@ -92,6 +92,7 @@ def test_export_interface(trained_run: Path) -> None:
 
 def test_time_budget_stops_training_and_decays_the_learning_rate(tiny_scene: Path, tmp_path: Path) -> None:
     """--pipeline.model.train-time-budget: training stops on time (not steps), saves, with the lr at its final value."""
+    from rs_nerfstudio.config import rs_sdf_trainer_config
     from tests.conftest import TINY_TRAINING, ns_train_rs_sdf
 
     options = list(TINY_TRAINING) + ["--pipeline.model.train-time-budget", "4"]
@@ -101,8 +102,8 @@ def test_time_budget_stops_training_and_decays_the_learning_rate(tiny_scene: Pat
     assert len(checkpoints) >= 1
     state = torch.load(sorted(checkpoints)[-1], map_location="cpu", weights_only=True)
     assert 1 <= state["step"] < 100000 - 1
-    lr, lr_final = (float(options[options.index(f"--optimizers.geometry.{flag}") + 1])
-                    for flag in ("optimizer.lr", "scheduler.lr-final"))  # fmt: skip
+    geometry = rs_sdf_trainer_config().optimizers["geometry"]
+    lr, lr_final = geometry["optimizer"].lr, geometry["scheduler"].lr_final
     assert lr_final < lr / 5
     last_lr = state["optimizers"]["geometry"]["param_groups"][0]["lr"]
     assert last_lr == pytest.approx(lr_final, rel=0.2)  # decayed over the 4 s
