@@ -323,7 +323,9 @@ class RSSDFModel(Model):
         if self.training and self.config.fill_every > 0:
             visibility = self._visibility
             if visibility is None or visibility.seen_through.shape != smoothed_grid.shape:  # (a checkpoint was loaded)
-                visibility = self._visibility = RayVisibility.empty(smoothed_grid.shape, smoothed_grid.device)
+                visibility = self._visibility = RayVisibility.empty(
+                    smoothed_grid.shape, smoothed_grid.device, behind_matter=self.config.fill_rule == "hidden"
+                )
         ray_samples = self.sampler(
             ray_bundle,
             smoothed_grid.detach(),

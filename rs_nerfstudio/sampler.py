@@ -33,24 +33,29 @@ class RayVisibility:
     """
 
     seen_through: Bool[Tensor, "D H W"]
-    behind_matter: Bool[Tensor, "D H W"]
+    behind_matter: Optional[Bool[Tensor, "D H W"]] = None
+    """None when only what rays saw through is wanted (the "sealed" fill rule): one index write per batch less."""
     batches: int = 0
     """Ray batches recorded."""
 
     @classmethod
-    def empty(cls, shape: Tuple[int, ...], device: torch.device) -> "RayVisibility":
-        return cls(*(torch.zeros(shape, dtype=torch.bool, device=device) for _ in range(2)))
+    def empty(cls, shape: Tuple[int, ...], device: torch.device, behind_matter: bool = True) -> "RayVisibility":
+        grid = lambda: torch.zeros(shape, dtype=torch.bool, device=device)  # noqa: E731
+        return cls(grid(), grid() if behind_matter else None)
 
     def record(self, flat_index: Tensor, inside: Tensor, light_left: Tensor) -> None:
         """One batch of marches: ``flat_index`` of each march point's voxel, whether it is in the box, and the
         share of its ray's light left after it."""
         through = light_left > SEEN_THROUGH_TRANSMITTANCE
         self.seen_through.view(-1)[flat_index[inside & through]] = True
-        self.behind_matter.view(-1)[flat_index[inside & ~through]] = True
+        if self.behind_matter is not None:
+            self.behind_matter.view(-1)[flat_index[inside & ~through]] = True
         self.batches += 1
 
     @property
     def hidden(self) -> Bool[Tensor, "D H W"]:
+        if self.behind_matter is None:
+            raise ValueError("this RayVisibility does not record what rays reached behind matter")
         return self.behind_matter & ~self.seen_through
 
 

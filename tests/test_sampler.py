@@ -104,3 +104,6 @@ def test_visibility_sees_through_the_space_in_front_of_the_surface_only() -> Non
     upper[resolution // 2 :] = True
     assert torch.equal(visibility.seen_through, reached & upper)  # empty, and light went on
     assert torch.equal(visibility.hidden, reached & ~upper)  # the slab's first voxel stops it: the rest is hidden
+    through_only = RayVisibility.empty(smoothed.shape, torch.device("cpu"), behind_matter=False)
+    sampler.coarse_weights(bundle, smoothed, mask, BOX, voxel, density, 0.0, through_only)
+    assert torch.equal(through_only.seen_through, visibility.seen_through) and through_only.behind_matter is None
