@@ -23,6 +23,9 @@ from rs_nerfstudio import grid as grids
 from rs_nerfstudio.sdf import density_from_occupancy, level_threshold, occupancy, weak_sdf
 from rs_nerfstudio.smoothing import gaussian_blur_3d
 
+BOX_SIGMA_VOXELS = 0.5
+"""Least sigma, in voxels, at which the box is fitted: at 0.5 one voxel of matter alone blurs to a peak of 0.487."""
+
 
 class RSSDFField(Field):
     """Randomized-smoothing SDF field over an axis-aligned scene box.
@@ -89,8 +92,14 @@ class RSSDFField(Field):
     @torch.no_grad()
     def occupied_box(self, margin: float) -> Optional[Float[Tensor, "2 3"]]:
         """The box around every voxel inside the surface (f_hat > 1/2), grown by ``margin`` scene units and clipped
-        to the current box; None while nothing is inside."""
-        inside = self.smoothed_occupancy_grid(self.sigma) > 0.5
+        to the current box; None while nothing is inside.
+
+        f_hat is taken at a sigma of at least half a voxel, where one voxel of matter alone is not inside (the peak of
+        its blur is below 1/2): at a sigma far below the voxel, the blur is the identity and every speck of fog that
+        crossed 1/2 would stretch the box to the scene's edges.
+        """
+        sigma = max(self.sigma, BOX_SIGMA_VOXELS * self.voxel_length)
+        inside = self.smoothed_occupancy_grid(sigma) > 0.5
         if not inside.any():
             return None
         cells = inside.nonzero().flip(-1).to(self.aabb.dtype)  # (x, y, z) voxel indices

@@ -102,6 +102,20 @@ def test_occupied_box_bounds_the_matter_with_its_margin() -> None:
     assert empty.occupied_box(margin=0.1) is None
 
 
+def test_occupied_box_ignores_a_lone_voxel_at_a_sigma_far_below_the_voxel() -> None:
+    """At sigma = 0.1 voxel the blur is nearly the identity: a speck of fog at a corner would stretch the box."""
+    field = ball_field()
+    field.sigma = 0.1 * field.voxel_length
+    ball_box = field.occupied_box(margin=0.0)
+    with torch.no_grad():
+        field.base_logits[1, 1, 1] = 8.0  # one voxel of matter near the box's low corner
+        assert float(field.smoothed_occupancy_grid()[1, 1, 1]) > 0.99  # inside at the field's own sigma
+    torch.testing.assert_close(field.occupied_box(margin=0.0), ball_box)
+    with torch.no_grad():
+        field.base_logits[1:4, 1:4, 1:4] = 8.0  # a 3-voxel cube is matter at half a voxel's sigma too
+    assert torch.equal(field.occupied_box(margin=0.0)[0], BOX[0] + field.voxel)
+
+
 def test_resample_to_box_keeps_the_surface_and_refines_the_voxels() -> None:
     field = ball_field()
     points = torch.tensor([0.2, -0.1, 0.0]) + 0.6 * (torch.rand(500, 3) - 0.5)
