@@ -52,9 +52,11 @@ def rs_sdf_trainer_config(max_steps: int = DEFAULT_MAX_STEPS) -> RSSDFTrainerCon
             # 0.1 leaves Lego flat at ~24 dB after the first minute, where 0.03 renders it ~28 dB after 4 minutes, but
             # at 0.03 the sphere of benchmarks/scene_geometry.py stays a soft shell, open where no camera looks (F@1%
             # 0.59); the "hidden" fill rule mends that and breaks its union (README, "Which unseen space is matter").
+            # Decaying to 1e-4 instead of 1e-2 lets the geometry settle late: Lego 200 px after 300 s, 27.2 against
+            # 25.6 dB on 4096 test pixels, for some fine accuracy (the sphere's Chamfer 0.26% -> 0.42% of its diagonal).
             "geometry": {
                 "optimizer": FusedAdamOptimizerConfig(lr=0.1, eps=1e-15),
-                "scheduler": ExponentialDecaySchedulerConfig(lr_final=0.01, **decay),
+                "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, **decay),
             },
             "appearance": {
                 "optimizer": FusedAdamOptimizerConfig(lr=0.03, eps=1e-15),
