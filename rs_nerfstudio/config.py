@@ -49,7 +49,7 @@ def rs_sdf_trainer_config(max_steps: int = DEFAULT_MAX_STEPS) -> RSSDFTrainerCon
             model=RSSDFModelConfig(eval_num_rays_per_chunk=1 << 13),
         ),
         optimizers={
-            # 0.1 leaves Lego flat at ~24 dB after the first minute, where 0.03 renders it ~28 dB after 4 minutes, but
+            # Decaying to 1e-2, 0.1 left Lego flat at ~24 dB after the first minute, where 0.03 rendered ~28 dB, but
             # at 0.03 the sphere of benchmarks/scene_geometry.py stays a soft shell, open where no camera looks (F@1%
             # 0.59); the "hidden" fill rule mends that and breaks its union (README, "Which unseen space is matter").
             # Decaying to 1e-4 instead of 1e-2 lets the geometry settle late: Lego 200 px after 300 s, 27.2 against
