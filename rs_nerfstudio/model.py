@@ -282,6 +282,7 @@ class RSSDFModel(Model):
                 optimizers.parameters[name] = [replacements.get(p, p) for p in parameters]
         return True
 
+    @torch.no_grad()
     def fill_unseen_space(self, step: int = 0) -> int:
         """Make solid the unseen space of `fill_rule`, judged by the rays of the last `fill_every` batches, and start
         a new count. Fewer batches than that (after the box moved, say) are too few rays to tell: no fill."""

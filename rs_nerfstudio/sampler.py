@@ -112,9 +112,16 @@ def opacity_of_segments(density: Tensor, deltas: Tensor) -> Tensor:
     return -torch.expm1(-density * deltas)
 
 
-def transmittance_weights(alphas: Float[Tensor, "R S"]) -> Float[Tensor, "R S"]:
-    """w_i = alpha_i prod_{j<i} (1 - alpha_j)."""
-    survive = torch.cumprod(1.0 - alphas + 1e-10, dim=-1)
+def light_left_after(alphas: Float[Tensor, "R S"]) -> Float[Tensor, "R S"]:
+    """prod_{j<=i} (1 - alpha_j): the share of each ray's light left after each segment."""
+    return torch.cumprod(1.0 - alphas + 1e-10, dim=-1)
+
+
+def transmittance_weights(
+    alphas: Float[Tensor, "R S"], light_left: Optional[Float[Tensor, "R S"]] = None
+) -> Float[Tensor, "R S"]:
+    """w_i = alpha_i prod_{j<i} (1 - alpha_j); ``light_left`` is ``light_left_after(alphas)`` when already at hand."""
+    survive = light_left_after(alphas) if light_left is None else light_left
     transmittance = torch.cat([torch.ones_like(survive[:, :1]), survive[:, :-1]], dim=-1)
     return alphas * transmittance
 
@@ -178,9 +185,10 @@ class OccupancyGuidedSampler:
         if keep.any():  # the voxel's own value: the coarse pass only places samples, at a voxel's precision
             density[keep] = density_fn(smoothed_grid.reshape(-1)[flat_index[keep]])
         alphas = opacity_of_segments(density.reshape(-1, num_bins), bins[:, 1:] - bins[:, :-1])
+        light_left = light_left_after(alphas)
         if visibility is not None:
-            visibility.record(flat_index, inside, torch.cumprod(1.0 - alphas, dim=-1).reshape(-1))
-        return bins, transmittance_weights(alphas)
+            visibility.record(flat_index, inside, light_left.reshape(-1))
+        return bins, transmittance_weights(alphas, light_left)
 
     @torch.no_grad()
     def __call__(
