@@ -107,3 +107,43 @@ def test_visibility_sees_through_the_space_in_front_of_the_surface_only() -> Non
     through_only = RayVisibility.empty(smoothed.shape, torch.device("cpu"), behind_matter=False)
     sampler.coarse_weights(bundle, smoothed, mask, BOX, voxel, density, 0.0, through_only)
     assert torch.equal(through_only.seen_through, visibility.seen_through) and through_only.behind_matter is None
+
+
+def test_samples_bracket_a_surface_between_voxel_centres() -> None:
+    """A steep surface 0.37 voxel off the voxel centres, met by oblique rays: the samples must render it where dense
+    sampling of the same field does. Reading each march point's nearest voxel instead of interpolating misplaces the
+    surface by up to ~0.9 voxel: then 39% of these rays render it within 0.1 voxel (on Lego that held PSNR at ~25 dB)."""
+    from rs_nerfstudio.grid import interpolate
+
+    resolution, voxel = 32, 2.0 / 32
+    centres = torch.linspace(-1 + voxel / 2, 1 - voxel / 2, resolution)
+    surface_z = 0.37 * voxel
+    ramp = torch.special.ndtr(-(centres - surface_z) / voxel)  # f_hat of the half-space z < surface_z at sigma = 1 voxel
+    smoothed = ramp[:, None, None].expand(resolution, resolution, resolution).contiguous()
+    generator = torch.Generator().manual_seed(0)
+    count = 256
+    directions = torch.nn.functional.normalize(
+        torch.cat([torch.rand(count, 2, generator=generator) - 0.5, -torch.ones(count, 1)], -1), dim=-1
+    )
+    origins = torch.cat([0.4 * (torch.rand(count, 2, generator=generator) - 0.5), torch.full((count, 1), 1.5)], -1)
+    bundle = RayBundle(origins=origins, directions=directions, pixel_area=torch.ones(count, 1))
+    density = lambda f: density_from_occupancy(occupancy(f, 60.0), 1 / voxel)  # noqa: E731
+
+    def render(positions: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> tuple:
+        sigma = density(interpolate(smoothed[..., None], positions.reshape(-1, 3), BOX)[:, 0]).reshape(starts.shape)
+        alphas = -torch.expm1(-sigma * (ends - starts))
+        light = torch.cumprod(torch.cat([torch.ones(count, 1), 1 - alphas[:, :-1]], -1), -1)
+        weights = alphas * light
+        return weights.sum(-1), (weights * 0.5 * (starts + ends)).sum(-1) / weights.sum(-1).clamp_min(1e-8)
+
+    mask = empty_space_mask(occupancy(smoothed, 60.0), 1e-3)
+    samples = OccupancyGuidedSampler(num_samples=32, uniform_fraction=0.0)(
+        bundle, smoothed, mask, BOX, voxel, density, training=False
+    )
+    frustums = samples.frustums
+    accumulation, depth = render(frustums.get_positions(), frustums.starts[..., 0], frustums.ends[..., 0])
+    dense_t = torch.linspace(0.5, 3.0, 8001).expand(count, -1)
+    dense_positions = origins[:, None, :] + directions[:, None, :] * dense_t[..., None]
+    _, dense_depth = render(dense_positions[:, :-1], dense_t[:, :-1], dense_t[:, 1:])
+    assert (accumulation > 0.95).all(), accumulation.min()
+    assert ((depth - dense_depth).abs() < 0.1 * voxel).float().mean() > 0.95, (depth - dense_depth).abs().max() / voxel
