@@ -84,8 +84,9 @@ def empty_space_mask(occupancy_grid: Float[Tensor, "D H W"], threshold: float) -
 def opaque_interior(occupancy_grid: Float[Tensor, "D H W"], threshold: float) -> Bool[Tensor, "D H W"]:
     """Voxels deep inside matter: occupancy above ``threshold`` in the voxel and all 26 neighbours, off the box's faces.
 
-    A ray marched at one-voxel steps passes through the cell of one of the neighbours before it gets there, and that
-    opaque layer stops it, so the march can skip these as it skips empty space. Once hidden space is filled, they are most of a solid.
+    A ray marched at one-voxel steps passes through the cell of one of the opaque neighbours before it gets there and
+    stops in that layer, so the march can skip these as it skips empty space. Once hidden space is filled, they are
+    most of a solid.
     """
     around_open = dilate(occupancy_grid <= threshold)
     for axis in range(3):  # a ray can enter from outside the box: its faces are next to open space
