@@ -118,7 +118,7 @@ def test_samples_bracket_a_surface_between_voxel_centres() -> None:
     resolution, voxel = 32, 2.0 / 32
     centres = torch.linspace(-1 + voxel / 2, 1 - voxel / 2, resolution)
     surface_z = 0.37 * voxel
-    ramp = torch.special.ndtr(-(centres - surface_z) / voxel)  # f_hat of the half-space z < surface_z at sigma = 1 voxel
+    ramp = torch.special.ndtr(-(centres - surface_z) / voxel)  # f_hat of the half-space z < surface_z, sigma 1 voxel
     smoothed = ramp[:, None, None].expand(resolution, resolution, resolution).contiguous()
     generator = torch.Generator().manual_seed(0)
     count = 256
