@@ -187,13 +187,14 @@ class OccupancyGuidedSampler:
         flat_index, inside = grids.nearest_voxel_index(points.reshape(-1, 3), aabb, mask.shape)
         keep = inside & mask.reshape(-1)[flat_index]
         density = torch.zeros(points.shape[0] * num_bins, device=origins.device)
-        if keep.any() and self.interpolate:
-            # A surface lies anywhere between voxel centres; the voxel's own value is up to ~0.9 voxel off and can put
-            # all of a ray's samples in front of the surface or behind it.
-            smoothed = grids.interpolate(smoothed_grid[..., None], points.reshape(-1, 3)[keep], aabb)[:, 0]
+        if keep.any():
+            if self.interpolate:
+                # A surface lies anywhere between voxel centres; the voxel's own value is up to ~0.9 voxel off and can
+                # put all of a ray's samples in front of the surface or behind it.
+                smoothed = grids.interpolate(smoothed_grid[..., None], points.reshape(-1, 3)[keep], aabb)[:, 0]
+            else:
+                smoothed = smoothed_grid.reshape(-1)[flat_index[keep]]
             density[keep] = density_fn(smoothed)
-        elif keep.any():
-            density[keep] = density_fn(smoothed_grid.reshape(-1)[flat_index[keep]])
         alphas = opacity_of_segments(density.reshape(-1, num_bins), bins[:, 1:] - bins[:, :-1])
         light_left = light_left_after(alphas)
         if visibility is not None:
