@@ -10,8 +10,10 @@ from rs_nerfstudio.sampler import (
     RayVisibility,
     empty_space_mask,
     intersect_aabb,
+    opacity_of_segments,
     opaque_interior,
     sample_pdf,
+    transmittance_weights,
 )
 from rs_nerfstudio.sdf import density_from_occupancy, occupancy
 
@@ -131,9 +133,7 @@ def test_samples_bracket_a_surface_between_voxel_centres() -> None:
 
     def render(positions: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> tuple:
         sigma = density(interpolate(smoothed[..., None], positions.reshape(-1, 3), BOX)[:, 0]).reshape(starts.shape)
-        alphas = -torch.expm1(-sigma * (ends - starts))
-        light = torch.cumprod(torch.cat([torch.ones(count, 1), 1 - alphas[:, :-1]], -1), -1)
-        weights = alphas * light
+        weights = transmittance_weights(opacity_of_segments(sigma, ends - starts))
         return weights.sum(-1), (weights * 0.5 * (starts + ends)).sum(-1) / weights.sum(-1).clamp_min(1e-8)
 
     dense_t = torch.linspace(0.5, 3.0, 8001).expand(count, -1)
