@@ -218,16 +218,17 @@ class RSSDFField(Field):
 
     @torch.no_grad()
     def make_solid(self, region: Tensor, occupancy: float = 0.99) -> int:
-        """Voxels of ``region`` outside the surface (f_hat < 1/2) get base occupancy ``occupancy``; returns how many.
+        """Voxels of ``region`` whose base occupancy is below ``occupancy`` get ``occupancy``; returns how many.
 
         For space the images leave free (see ``RSSDFModelConfig.fill_rule``): no ray reaches it with light left, so
-        it keeps its initial fog or drifts, which makes inner shells. Filling it makes the classifier, its weak SDF
-        and the mesh those of a solid object.
+        it keeps its initial fog or drifts, which makes inner shells and a soft inside. Filling it makes the
+        classifier, its weak SDF and the mesh those of a solid object.
         """
-        region = (self.smoothed_occupancy_grid(self.sigma) < 0.5) & region
+        logit = math.log(occupancy / (1.0 - occupancy))
+        region = region & (self.base_logits < logit)
         count = int(region.sum())
         if count:
-            self.base_logits[region] = math.log(occupancy / (1.0 - occupancy))
+            self.base_logits[region] = logit
             self.generation += 1
         return count
 

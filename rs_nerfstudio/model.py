@@ -21,7 +21,7 @@ from rs_nerfstudio import grid as grids
 from rs_nerfstudio.field import RSSDFField
 from rs_nerfstudio.metrics import lpips_if_available
 from rs_nerfstudio.optim import decay_learning_rates_to
-from rs_nerfstudio.sampler import OccupancyGuidedSampler, RayVisibility, empty_space_mask, opaque_interior
+from rs_nerfstudio.sampler import OccupancyGuidedSampler, RayVisibility, dilate, empty_space_mask, opaque_interior
 from rs_nerfstudio.sdf import weak_sdf
 
 
@@ -65,13 +65,11 @@ class RSSDFModelConfig(ModelConfig):
     coarse_step: float = 1.0
     """Step, in voxels, of the cheap march that places the samples. Above 1 it can step over a thin sheet of matter
     (the march reads one voxel per step), which then gets no samples and fades out of training."""
-    coarse_read: Literal["voxel", "interpolated"] = "voxel"
+    coarse_read: Literal["voxel", "interpolated"] = "interpolated"
     """How the march reads the smoothed occupancy at its points. "interpolated" places samples at the surface to a
-    fraction of a voxel and renders far better: Lego 200 px after 600 s, 30.10 dB against 25.70 (benchmarks/
-    compare_methods.py). But the images then no longer make solids solid: benchmarks/scene_geometry.py's sphere kept
-    an interior at f_theta ~0.58 with pockets below 1/2 that the fill leaves, so its mesh has inner surfaces (F@1%
-    0.76 against 0.99). "voxel", the voxel holding each point, is up to ~0.9 voxel off, so many rays' samples miss
-    the surface; the model then grows thick, solid walls, which is what the weak SDF needs."""
+    fraction of a voxel. "voxel", the voxel holding each point, is up to ~0.9 voxel off, so many rays' samples miss
+    the surface: Lego 200 px after 600 s rendered 25.70 dB with it, against 30.10 interpolated (benchmarks/
+    compare_methods.py)."""
     uniform_sample_fraction: float = 0.05
     """Share of each ray's training samples spread uniformly, so geometry can appear where there is none yet."""
     empty_space_threshold: float = 1e-3
@@ -93,11 +91,12 @@ class RSSDFModelConfig(ModelConfig):
     """Training steps between fills of unseen space (see `fill_rule`): it becomes solid, so the classifier and its
     meshes are those of solid objects, without inner shells. 0: never."""
     fill_rule: Literal["sealed", "hidden"] = "sealed"
-    """Which unseen space is matter. "sealed": space outside the surface that no face-to-face path joins to the box's
-    faces or to a voxel some ray saw through (more than 10% of its light left after it): a cavity. "hidden": every
+    """Which unseen space outside the surface is matter. "sealed": space that no face-to-face path joins to the box's
+    faces or to a voxel some ray saw through (more than half of its light left after it): a cavity. "hidden": every
     voxel rays reached only behind matter and never saw through, as space carving's visual hull has it: it also
     closes undersides no camera faces, and fills pockets no camera sees into (the union of benchmarks/scene_geometry.py
-    has one under its ball and box, which made its F-score at 1% 0.82)."""
+    has one under its ball and box, which made its F-score at 1% 0.82). Under either rule the unseen inside of the
+    surface becomes solid too, but for a one-voxel layer under it (see `fill_unseen_space`)."""
     colour_weight_threshold: float = 1e-3
     """Colour is computed only for samples whose compositing weight exceeds this."""
     deferred_colour: bool = True
@@ -291,18 +290,25 @@ class RSSDFModel(Model):
 
     @torch.no_grad()
     def fill_unseen_space(self, step: int = 0) -> int:
-        """Make solid the unseen space of `fill_rule`, judged by the rays of the last `fill_every` batches, and start
-        a new count. Fewer batches than that (after the box moved, say) are too few rays to tell: no fill."""
+        """Make solid the unseen space of `fill_rule` and the unseen inside of the surface, judged by the rays of the
+        last `fill_every` batches, and start a new count. Fewer batches than that (after the box moved, say) are too
+        few rays to tell: no fill.
+
+        The inside is the matter (f_hat >= 1/2) that no ray saw through, less a one-voxel layer at its border, which
+        the images shape. Images ask only that the surface be opaque, which a fog of f_theta ~0.6 behind a thin shell
+        already is; the weak SDF needs f_theta near 1 there, and a steep f_hat across the surface.
+        """
         visibility = self._visibility
         if visibility is None or visibility.batches < self.config.fill_every:
             return 0
+        empty = self.field.smoothed_occupancy_grid(self.field.sigma) < 0.5
         if self.config.fill_rule == "hidden":
-            region = visibility.hidden
+            outside = empty & visibility.hidden
         else:
-            empty = self.field.smoothed_occupancy_grid(self.field.sigma) < 0.5
-            region = grids.enclosed_voxels(empty, visibility.seen_through)
+            outside = grids.enclosed_voxels(empty, visibility.seen_through)
+        inside = ~dilate(empty | visibility.seen_through)
         self._visibility = None
-        return self.field.make_solid(region)
+        return self.field.make_solid(outside | inside)
 
     def empty_space_mask(self, smoothed_grid: Tensor) -> Tensor:
         """The skip mask, refreshed every `mask_refresh_steps` while training and whenever the grid changes in eval."""

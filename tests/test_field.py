@@ -59,27 +59,28 @@ def hollow_shell_field() -> tuple:
 def test_make_solid_fills_a_hollow_shell() -> None:
     field, radius = hollow_shell_field()
     hidden = radius < 0.6  # what cameras outside the shell reach only behind matter
+    fog = radius <= 0.45
     centre = torch.zeros(1, 3)
-    outside_before = field.base_logits[radius >= 0.6].clone()
+    wall_before = field.base_logits[~fog].clone()
     with torch.no_grad():
         assert field.weak_sdf(centre) > 0  # the fog inside counts as outside the surface: an inner shell
-        inside = (field.smoothed_occupancy_grid() < 0.5) & (radius < 0.45)
-        assert inside.sum() > 100
-        assert field.make_solid(hidden, occupancy=0.99) == int(inside.sum())
+        assert field.make_solid(hidden, occupancy=0.99) == int(fog.sum())
         assert field.weak_sdf(centre) < 0  # solid now
-    torch.testing.assert_close(field.base_logits[inside], torch.full((int(inside.sum()),), math.log(99.0)))
-    assert torch.equal(field.base_logits[radius >= 0.6], outside_before)
+    torch.testing.assert_close(field.base_logits[fog], torch.full((int(fog.sum()),), math.log(99.0)))
+    assert torch.equal(field.base_logits[~fog], wall_before)  # the wall (6.0) is above 0.99 already
     assert field.make_solid(hidden) == 0  # nothing left to fill
 
 
-def test_make_solid_fills_only_its_region_outside_the_surface() -> None:
+def test_make_solid_raises_only_its_region_and_never_lowers() -> None:
     field, radius = hollow_shell_field()
     hidden = (radius >= 0.3) & (radius < 0.6)  # a camera inside the shell sees through the space around it
+    before = field.base_logits.detach().clone()
     with torch.no_grad():
-        outside_the_surface = field.smoothed_occupancy_grid() < 0.5
-        assert field.make_solid(hidden) == int((outside_the_surface & hidden).sum())
-        assert not outside_the_surface[(radius > 0.5) & (radius < 0.55)].any()  # the wall is matter already
+        assert field.make_solid(hidden) == int((hidden & (radius <= 0.45)).sum())
+        assert field.make_solid(hidden, occupancy=0.5) == 0  # below what is there: nothing is lowered
         assert field.base_occupancy(torch.zeros(1, 3)) < 0.5
+    changed = field.base_logits.detach() != before
+    assert torch.equal(changed, hidden & (radius <= 0.45))
 
 
 def ball_field(radius: float = 0.3, centre=(0.2, -0.1, 0.0)) -> RSSDFField:

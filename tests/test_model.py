@@ -106,6 +106,27 @@ def test_hidden_space_under_a_dome_is_filled_by_the_hidden_rule_only() -> None:
     assert filled["hidden"] > 1000  # the dome's inside and the column under it, down to the box's floor
 
 
+def test_the_unseen_inside_of_soft_matter_is_made_solid_below_a_layer_the_images_keep() -> None:
+    """A ball of f_theta = 0.6 is opaque to the rays, yet its weak SDF is barely negative inside: the fill makes it 0.99
+    wherever no ray saw through, except the one-voxel layer under the surface."""
+    model = small_model(fit_box_at_step=0, fill_every=2, initial_occupancy=0.01)
+    radius = grids.grid_coords_of_nodes(model.field.aabb, model.field.grid_shape).norm(dim=-1)
+    ball = radius < 0.9
+    soft = torch.logit(torch.tensor(0.6))
+    with torch.no_grad():
+        model.field.base_logits[ball] = soft
+    model.train()
+    for _ in range(2):
+        model.get_outputs(rays_along_the_axes())
+    assert model.fill_unseen_space() > 0
+    logits = model.field.base_logits.detach()
+    solid = torch.logit(torch.tensor(0.99))
+    assert torch.allclose(logits[radius < 0.6], solid)  # the deep inside
+    assert (logits[~ball] < solid).all()  # empty space stays empty
+    outer_layer = ball & (radius > 0.9 - model.field.voxel_length)
+    assert outer_layer.any() and torch.allclose(logits[outer_layer], soft)  # the surface is the images' to shape
+
+
 def test_indecision_pushes_the_classifier_away_from_one_half() -> None:
     assert float(indecision(torch.tensor([0.0, 1.0, 1.0, 0.0]))) == 0.0
     assert float(indecision(torch.tensor([0.5]))) == 0.25
