@@ -49,13 +49,11 @@ def rs_sdf_trainer_config(max_steps: int = DEFAULT_MAX_STEPS) -> RSSDFTrainerCon
             model=RSSDFModelConfig(eval_num_rays_per_chunk=1 << 13),
         ),
         optimizers={
-            # Decaying to 1e-2, 0.1 left Lego flat at ~24 dB after the first minute, where 0.03 rendered ~28 dB, but
-            # at 0.03 the sphere of benchmarks/scene_geometry.py stays a soft shell, open where no camera looks (F@1%
-            # 0.59); the "hidden" fill rule mends that and breaks its union (README, "Which unseen space is matter").
-            # Decaying to 1e-4 instead of 1e-2 lets the geometry settle late: Lego 200 px after 300 s, 27.2 against
-            # 25.6 dB on 4096 test pixels, for some fine accuracy (the sphere's Chamfer 0.26% -> 0.42% of its diagonal).
-            # With the interpolated coarse_read, decaying over 600 s: 27.0 / 28.6 / 29.6 dB after 60 / 120 / 180 s,
-            # against 26.7 / 28.0 / 29.4.
+            # With the voxel coarse_read, decaying to 1e-2, 0.1 left Lego flat at ~24 dB after the first minute, where
+            # 0.03 rendered ~28 dB, but at 0.03 the sphere of benchmarks/scene_geometry.py stayed a soft shell, open
+            # where no camera looks (F@1% 0.59). Decaying to 1e-4 instead of 1e-2 lets the geometry settle late: Lego
+            # 200 px after 300 s, 27.2 against 25.6 dB on 4096 test pixels (voxel read). With the interpolated read,
+            # decaying over 600 s: 27.0 / 28.6 / 29.6 dB after 60 / 120 / 180 s, against 26.7 / 28.0 / 29.4.
             "geometry": {
                 "optimizer": FusedAdamOptimizerConfig(lr=0.1, eps=1e-15),
                 "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, **decay),
