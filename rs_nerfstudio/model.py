@@ -18,6 +18,7 @@ from torchmetrics.functional import structural_similarity_index_measure
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from rs_nerfstudio import grid as grids
+from rs_nerfstudio.cpu import keep_freed_memory_for_reuse
 from rs_nerfstudio.field import RSSDFField
 from rs_nerfstudio.metrics import lpips_if_available
 from rs_nerfstudio.optim import decay_learning_rates_to
@@ -206,6 +207,8 @@ class RSSDFModel(Model):
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
     ) -> List[TrainingCallback]:
+        if self.device.type == "cpu":
+            keep_freed_memory_for_reuse()
         callbacks = [
             TrainingCallback(
                 where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],

@@ -28,6 +28,17 @@ def test_interpolate_matches_grid_sample(shape) -> None:
     torch.testing.assert_close(ours, grid_sample_reference(grid, points), atol=1e-6, rtol=0)
 
 
+def test_one_channel_without_gradient_takes_grid_sample_and_agrees_with_the_corners() -> None:
+    torch.manual_seed(2)
+    grid = torch.randn(7, 5, 6, 1)
+    points = AABB[0] + torch.rand(2000, 3) * (AABB[1] - AABB[0]) * 1.2 - 0.1 * (AABB[1] - AABB[0])  # some outside
+    with torch.no_grad():
+        fast = grids.interpolate(grid, points, AABB)
+    corners = grids.interpolate(grid.clone().requires_grad_(), points, AABB)  # the differentiable path
+    assert corners.requires_grad and not fast.requires_grad
+    torch.testing.assert_close(fast, corners.detach(), atol=1e-5, rtol=0)
+
+
 def test_interpolate_is_exact_at_voxel_centres() -> None:
     shape = (4, 5, 6)
     grid = torch.arange(4 * 5 * 6, dtype=torch.float32).reshape(*shape, 1)
