@@ -1,0 +1,111 @@
+"""Train rs-sdf in-process for a few minutes with some settings changed, and print a test-pixel PSNR along the way.
+
+    python benchmarks/ablate.py --seconds 300 --decay-seconds 600 --set appearance_resolution=192
+    python benchmarks/ablate.py --seconds 300 --decay-seconds 600 --lr appearance=0.1:0.01
+
+Cheaper than benchmarks/compare_methods.py for comparing variants: no ns-train process, no final scoring of whole
+views. The clock counts training iterations only; the learning rates decay over ``--decay-seconds`` as
+``train_time_budget`` makes them in ns-train. At each mark it renders a fixed set of random test pixels (the
+harness's probe, seeded, so every run sees the same pixels). Runs on one machine drift by ~10% in speed, and three
+runs of the same settings differ by ~0.4 dB at 300 s: compare variants run one after another, and more than once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+MARKS = (60.0, 120.0, 180.0, 240.0, 300.0, 420.0, 600.0)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/lego_200"))
+    parser.add_argument("--seconds", type=float, default=300.0, help="training time")
+    parser.add_argument("--decay-seconds", type=float, default=None, help="learning-rate decay horizon (--seconds)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="model config fields")
+    parser.add_argument("--lr", nargs="*", default=[], metavar="GROUP=INIT:FINAL", help="a group's learning rates")
+    parser.add_argument("--probe-pixels", type=int, default=4096)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def configure(args: argparse.Namespace):
+    from rs_nerfstudio.config import rs_sdf_trainer_config
+
+    config = rs_sdf_trainer_config()
+    config.pipeline.datamanager.data = args.data
+    model_config = config.pipeline.model
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if not hasattr(model_config, name):
+            sys.exit(f"--set {item}: the model config has no field {name!r}")
+        current = getattr(model_config, name)
+        if isinstance(current, bool):
+            parsed = value.lower() in ("1", "true", "yes")
+        else:
+            parsed = float(value) if current is None else type(current)(value)
+        setattr(model_config, name, parsed)
+    for item in args.lr:
+        group, _, rates = item.partition("=")
+        if group not in config.optimizers or rates.count(":") != 1:
+            sys.exit(f"--lr {item}: expected GROUP=INIT:FINAL with GROUP one of {sorted(config.optimizers)}")
+        initial, final = (float(rate) for rate in rates.split(":"))
+        config.optimizers[group]["optimizer"].lr = initial
+        config.optimizers[group]["scheduler"].lr_final = final
+    return config
+
+
+def main() -> None:
+    args = parse_args()
+    if not args.data.is_dir():
+        sys.exit(f"--data {args.data}: no such folder")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from compare_methods import CurveProbe
+    from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
+    from nerfstudio.engine.optimizers import Optimizers
+
+    from rs_nerfstudio.optim import decay_learning_rates_to
+
+    config = configure(args)
+    torch.manual_seed(args.seed)
+    pipeline = config.pipeline.setup(device="cpu", test_mode="test")
+    model = pipeline.model
+    optimizers = Optimizers(config.optimizers, pipeline.get_param_groups())
+    attributes = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipeline, trainer=None)
+    callbacks = model.get_training_callbacks(attributes)
+    probe = CurveProbe.build(pipeline.datamanager, args.probe_pixels, seed=args.seed)
+    decay_seconds = args.decay_seconds or args.seconds
+    marks = [mark for mark in MARKS if mark < args.seconds] + [args.seconds]
+    elapsed, step, train_psnr = 0.0, 0, []
+    while marks:
+        started = time.perf_counter()
+        pipeline.train()
+        for callback in callbacks:
+            callback.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+        decay_learning_rates_to(elapsed / decay_seconds, optimizers, config.optimizers)
+        optimizers.zero_grad_all()
+        _, loss_dict, metrics = pipeline.get_train_loss_dict(step)
+        sum(loss_dict.values()).backward()
+        optimizers.optimizer_step_all()
+        for callback in callbacks:
+            callback.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+        elapsed += time.perf_counter() - started
+        step += 1
+        train_psnr = (train_psnr + [float(metrics["psnr"].detach())])[-50:]
+        if elapsed >= marks[0]:
+            marks = [mark for mark in marks if mark > elapsed]
+            pipeline.eval()
+            print(
+                f"{elapsed:6.1f} s  step {step:5d}  train {sum(train_psnr) / len(train_psnr):.2f} dB  "
+                f"probe {probe.psnr(model):.2f} dB  {1000 * elapsed / step:.0f} ms/step",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
