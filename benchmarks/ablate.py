@@ -45,16 +45,22 @@ def configure(args: argparse.Namespace):
         if not hasattr(model_config, name):
             sys.exit(f"--set {item}: the model config has no field {name!r}")
         current = getattr(model_config, name)
-        if isinstance(current, bool):
-            parsed = value.lower() in ("1", "true", "yes")
-        else:
-            parsed = float(value) if current is None else type(current)(value)
+        try:
+            if isinstance(current, bool):
+                parsed = value.lower() in ("1", "true", "yes")
+            else:
+                parsed = float(value) if current is None else type(current)(value)
+        except ValueError as error:
+            sys.exit(f"--set {item}: {error}")
         setattr(model_config, name, parsed)
     for item in args.lr:
         group, _, rates = item.partition("=")
         if group not in config.optimizers or rates.count(":") != 1:
             sys.exit(f"--lr {item}: expected GROUP=INIT:FINAL with GROUP one of {sorted(config.optimizers)}")
-        initial, final = (float(rate) for rate in rates.split(":"))
+        try:
+            initial, final = (float(rate) for rate in rates.split(":"))
+        except ValueError as error:
+            sys.exit(f"--lr {item}: {error}")
         config.optimizers[group]["optimizer"].lr = initial
         config.optimizers[group]["scheduler"].lr_final = final
     return config
