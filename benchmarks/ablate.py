@@ -1,7 +1,9 @@
 """Train rs-sdf in-process for a few minutes with some settings changed, and print a test-pixel PSNR along the way.
 
-    python benchmarks/ablate.py --seconds 300 --decay-seconds 600 --set appearance_resolution=192
-    python benchmarks/ablate.py --seconds 300 --decay-seconds 600 --lr appearance=0.1:0.01
+    python benchmarks/ablate.py --seconds 300 --decay-seconds 600 \
+        --ns-train-args="--pipeline.model.appearance-resolution 192"
+    python benchmarks/ablate.py --seconds 300 --decay-seconds 600 --ns-train-args="\
+        --optimizers.appearance.optimizer.lr 0.1 --optimizers.appearance.scheduler.lr-final 0.01"
 
 Cheaper than benchmarks/compare_methods.py for comparing variants: no ns-train process, no final scoring of whole
 views. The clock counts training iterations only; the learning rates decay over ``--decay-seconds`` as
@@ -27,42 +29,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/lego_200"))
     parser.add_argument("--seconds", type=float, default=300.0, help="training time")
     parser.add_argument("--decay-seconds", type=float, default=None, help="learning-rate decay horizon (--seconds)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="model config fields")
-    parser.add_argument("--lr", nargs="*", default=[], metavar="GROUP=INIT:FINAL", help="a group's learning rates")
+    parser.add_argument("--ns-train-args", default="", metavar="FLAGS",
+                        help='ns-train flags for rs-sdf, written --ns-train-args="--pipeline.model.num-samples 48"')
     parser.add_argument("--probe-pixels", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
 
 def configure(args: argparse.Namespace):
+    """rs-sdf's defaults with ``--ns-train-args`` applied, parsed as ns-train parses its flags (as the harness's
+    ``--rs-sdf-args`` are)."""
+    import shlex
+
+    import tyro
+
     from rs_nerfstudio.config import rs_sdf_trainer_config
 
     config = rs_sdf_trainer_config()
+    config = tyro.cli(type(config), default=config, args=shlex.split(args.ns_train_args))
     config.pipeline.datamanager.data = args.data
-    model_config = config.pipeline.model
-    for item in args.set:
-        name, _, value = item.partition("=")
-        if not hasattr(model_config, name):
-            sys.exit(f"--set {item}: the model config has no field {name!r}")
-        current = getattr(model_config, name)
-        try:
-            if isinstance(current, bool):
-                parsed = value.lower() in ("1", "true", "yes")
-            else:
-                parsed = float(value) if current is None else type(current)(value)
-        except ValueError as error:
-            sys.exit(f"--set {item}: {error}")
-        setattr(model_config, name, parsed)
-    for item in args.lr:
-        group, _, rates = item.partition("=")
-        if group not in config.optimizers or rates.count(":") != 1:
-            sys.exit(f"--lr {item}: expected GROUP=INIT:FINAL with GROUP one of {sorted(config.optimizers)}")
-        try:
-            initial, final = (float(rate) for rate in rates.split(":"))
-        except ValueError as error:
-            sys.exit(f"--lr {item}: {error}")
-        config.optimizers[group]["optimizer"].lr = initial
-        config.optimizers[group]["scheduler"].lr_final = final
     return config
 
 
