@@ -8,8 +8,9 @@
 Cheaper than benchmarks/compare_methods.py for comparing variants: no ns-train process, no final scoring of whole
 views. The clock counts training iterations only; the learning rates decay over ``--decay-seconds`` as
 ``train_time_budget`` makes them in ns-train. At each mark it renders a fixed set of random test pixels (the
-harness's probe, seeded, so every run sees the same pixels). Runs on one machine drift by ~10% in speed, and three
-runs of the same settings differ by ~0.4 dB at 300 s: compare variants run one after another, and more than once.
+harness's probe, seeded, so every run sees the same pixels). ``--save FILE`` keeps the trained model's
+``state_dict``, to look at where its error is. Runs on one machine drift by ~10% in speed, and three runs of the
+same settings differ by ~0.4 dB at 300 s: compare variants run one after another, and more than once.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def parse_args() -> argparse.Namespace:
                         help='ns-train flags for rs-sdf, written --ns-train-args="--pipeline.model.num-samples 48"')
     parser.add_argument("--probe-pixels", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", type=Path, default=None, help="write the trained model's state_dict here at the end")
     return parser.parse_args()
 
 
@@ -55,6 +57,8 @@ def main() -> None:
     args = parse_args()
     if not args.data.is_dir():
         sys.exit(f"--data {args.data}: no such folder")
+    if args.save is not None and args.save.exists():
+        sys.exit(f"--save {args.save}: already exists, not overwritten")
     sys.path.insert(0, str(Path(__file__).parent))
     from compare_methods import CurveProbe
     from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
@@ -96,6 +100,8 @@ def main() -> None:
                 f"probe {probe.psnr(model):.2f} dB  {1000 * elapsed / step:.0f} ms/step",
                 flush=True,
             )
+    if args.save is not None:
+        torch.save(model.state_dict(), args.save)
 
 
 if __name__ == "__main__":
