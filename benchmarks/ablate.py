@@ -59,6 +59,8 @@ def main() -> None:
         sys.exit(f"--data {args.data}: no such folder")
     if args.save is not None and args.save.exists():
         sys.exit(f"--save {args.save}: already exists, not overwritten")
+    if args.save is not None and not args.save.parent.is_dir():
+        sys.exit(f"--save {args.save}: no folder {args.save.parent}")
     sys.path.insert(0, str(Path(__file__).parent))
     from compare_methods import CurveProbe
     from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
