@@ -39,16 +39,12 @@ def parse_args() -> argparse.Namespace:
 
 
 def configure(args: argparse.Namespace):
-    """rs-sdf's defaults with ``--ns-train-args`` applied, parsed as ns-train parses its flags (as the harness's
-    ``--rs-sdf-args`` are)."""
-    import shlex
-
-    import tyro
+    """rs-sdf's defaults with ``--ns-train-args`` applied, as the harness applies its ``--rs-sdf-args``."""
+    from compare_methods import with_ns_train_flags
 
     from rs_nerfstudio.config import rs_sdf_trainer_config
 
-    config = rs_sdf_trainer_config()
-    config = tyro.cli(type(config), default=config, args=shlex.split(args.ns_train_args))
+    config = with_ns_train_flags(rs_sdf_trainer_config(), args.ns_train_args)
     config.pipeline.datamanager.data = args.data
     return config
 

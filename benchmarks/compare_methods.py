@@ -237,6 +237,15 @@ def score_test_split(pipeline, max_views: Optional[int] = None) -> Dict[str, flo
     return result
 
 
+def with_ns_train_flags(config, flags: str):
+    """``config`` with ns-train flags (one string, as a shell splits it) applied, parsed as ns-train parses them."""
+    import shlex
+
+    import tyro
+
+    return tyro.cli(type(config), default=config, args=shlex.split(flags))
+
+
 def run_method(args: argparse.Namespace) -> Dict:
     """Train one method for the budget and score it; runs in its own process."""
     import random
@@ -251,11 +260,7 @@ def run_method(args: argparse.Namespace) -> Dict:
     config = copy.deepcopy(all_methods[args.method])
     extra_notes = []
     if args.method == "rs-sdf" and args.rs_sdf_args:
-        import shlex
-
-        import tyro
-
-        config = tyro.cli(type(config), default=config, args=shlex.split(args.rs_sdf_args))
+        config = with_ns_train_flags(config, args.rs_sdf_args)
         extra_notes.append(f"rs-sdf flags: {args.rs_sdf_args}")
     notes = extra_notes + configure(
         config, args.method, args.data, args.output_dir / "runs", args.rays_per_batch, args.device, args.budget
