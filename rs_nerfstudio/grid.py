@@ -115,12 +115,12 @@ def nearest_voxel_index(
 ) -> Tuple[Tensor, Tensor]:
     """Flat index into a ``(D, H, W)`` grid of the voxel holding each point, and whether it is inside the box."""
     depth, height, width = shape
-    dims = torch.tensor([width, height, depth], device=points.device)
-    cell = ((points - aabb[0]) / (aabb[1] - aabb[0]) * dims).floor().long()
+    dims = torch.tensor([width, height, depth], device=points.device, dtype=points.dtype)
+    cell = ((points - aabb[0]) * (dims / (aabb[1] - aabb[0]))).floor_()  # in floats: half the passes over int64
     inside = ((cell >= 0) & (cell < dims)).all(dim=-1)
-    cell = torch.minimum(cell.clamp_min(0), dims - 1)
-    flat = (cell[..., 2] * height + cell[..., 1]) * width + cell[..., 0]
-    return flat, inside
+    cell = torch.minimum(cell.clamp_min_(0), dims - 1).long()
+    strides = torch.tensor([1, width, width * height], device=points.device)
+    return (cell * strides).sum(dim=-1), inside
 
 
 def enclosed_voxels(

