@@ -26,6 +26,12 @@ thin shell of soft matter let enough light into the space behind it to keep that
 sphere of benchmarks/scene_geometry.py kept pockets inside it, and inner surfaces (F@1% 0.76 against 0.999)."""
 
 
+NOTHING_SEEN = 1e-8
+"""A ray whose coarse march composites less opacity than this saw nothing: its samples are spread uniformly."""
+COARSE_ACCUMULATION = "coarse_accumulation"
+"""Key of the samples' metadata that holds each ray's accumulated opacity in the coarse march, ``[..., 1, 1]``."""
+
+
 @dataclass
 class RayVisibility:
     """What training rays saw of each voxel: light passed through it, or rays reached it only behind matter.
@@ -110,13 +116,6 @@ def dilate(mask: Bool[Tensor, "D H W"]) -> Bool[Tensor, "D H W"]:
     return mask
 
 
-def _stratified_quantiles(num_rays: int, num_edges: int, stratified: bool, device: torch.device) -> Tensor:
-    """``[R, num_edges]`` sorted quantiles in [0, 1): one per stratum, at random in it or at its middle."""
-    offsets = torch.rand(num_rays, num_edges, device=device) if stratified else 0.5
-    u = (torch.arange(num_edges, device=device) + offsets) / num_edges
-    return u.expand(num_rays, num_edges).contiguous()
-
-
 @dataclass
 class PackedMarch:
     """The coarse march of a batch of rays, packed: each ray's bins one after another, as many as its chord needs.
@@ -161,22 +160,29 @@ def sample_packed_pdf(
 ) -> Float[Tensor, "R num_edges"]:
     """Inverse-CDF sampling of ``num_edges`` sorted distances per ray from the weights of its packed bins.
 
-    Offsetting each ray's CDF by its index makes the whole batch one sorted array, so one ``searchsorted`` serves
-    every ray. Each ray's weights must have a positive sum.
+    The quantiles are systematic: ``u_k = (k + r) / num_edges`` with one offset r per ray, at random when
+    ``stratified``, else 1/2 (the strata's midpoints). Then how many of a ray's quantiles fall below a CDF value c is
+    ``ceil(c num_edges - r)``, so each bin's share of the samples follows from its CDF without a search, and
+    ``repeat_interleave`` hands every sample its bin. Each ray's weights must have a positive sum.
     """
     num_rays = march.first.shape[0]
-    pdf = weights.double() / torch.zeros(num_rays, dtype=torch.float64, device=weights.device).index_add_(
-        0, march.ray, weights.double()
-    )[march.ray]
-    cdf_end, cdf_start = march.cumsum_in_rays(pdf)
-    keys = march.ray + cdf_end
-    u = _stratified_quantiles(num_rays, num_edges, stratified, weights.device).double()
-    rays = torch.arange(num_rays, device=weights.device)[:, None]
-    index = torch.searchsorted(keys, rays + u, right=True)
-    index = torch.minimum(index.clamp_min(march.first[:, None]), (march.first + march.counts - 1)[:, None])
-    fraction = ((u - cdf_start[index]) / pdf[index].clamp_min(1e-12)).clamp(0.0, 1.0).float()
-    starts, ends = march.starts[index], march.ends[index]
-    return starts + fraction * (ends - starts)
+    last = march.first + march.counts - 1
+    cdf_end, cdf_start = march.cumsum_in_rays(weights)
+    scale = (num_edges / cdf_end[last].clamp_min(1e-30))[march.ray]  # CDF values in units of one stratum
+    offsets = torch.rand(num_rays, dtype=torch.float64, device=weights.device) if stratified else None
+    offset = 0.5 if offsets is None else offsets[march.ray]
+    below_end = torch.ceil(cdf_end * scale - offset).clamp_(0, num_edges).long()
+    below_end[last] = num_edges
+    below_start = torch.cat([below_end.new_zeros(1), below_end[:-1]])
+    below_start[march.first] = 0  # so that every ray gets exactly num_edges, whatever the rounding
+    bin_of_sample = torch.repeat_interleave(torch.arange(weights.shape[0], device=weights.device),
+                                            below_end - below_start)  # fmt: skip
+    quantile = torch.arange(num_edges, device=weights.device, dtype=torch.float64).repeat(num_rays)
+    quantile += 0.5 if offsets is None else offsets.repeat_interleave(num_edges)
+    low, high = cdf_start[bin_of_sample] * scale[bin_of_sample], cdf_end[bin_of_sample] * scale[bin_of_sample]
+    fraction = ((quantile - low) / (high - low).clamp_min(1e-12)).clamp_(0.0, 1.0).float()
+    starts, ends = march.starts[bin_of_sample], march.ends[bin_of_sample]
+    return (starts + fraction * (ends - starts)).reshape(num_rays, num_edges)
 
 
 class OccupancyGuidedSampler:
@@ -257,8 +263,10 @@ class OccupancyGuidedSampler:
         num_rays = march.first.shape[0]
         total = torch.zeros(num_rays, device=weights.device).index_add_(0, march.ray, weights)
         # Rays that see nothing fall back to uniform samples over their chord (a ray's bins are of equal length).
-        spread = (uniform + (total < 1e-8).float()) / march.counts
-        pdf = ((1.0 - uniform) / total.clamp_min(1e-8))[march.ray] * weights + spread[march.ray]
+        spread = (uniform + (total < NOTHING_SEEN).float()) / march.counts
+        pdf = ((1.0 - uniform) / total.clamp_min(NOTHING_SEEN))[march.ray] * weights + spread[march.ray]
         edges = sample_packed_pdf(march, pdf, self.num_samples + 1, stratified=training)
         edges = edges.reshape(*ray_bundle.shape, self.num_samples + 1)
-        return ray_bundle.get_ray_samples(bin_starts=edges[..., :-1, None], bin_ends=edges[..., 1:, None])
+        samples = ray_bundle.get_ray_samples(bin_starts=edges[..., :-1, None], bin_ends=edges[..., 1:, None])
+        samples.metadata = {**(samples.metadata or {}), COARSE_ACCUMULATION: total.reshape(*ray_bundle.shape, 1, 1)}
+        return samples

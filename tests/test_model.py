@@ -78,6 +78,24 @@ def model_with_matter(region: str, **overrides):
     return model, radius
 
 
+def test_training_reads_only_the_rays_whose_march_saw_matter() -> None:
+    """A ball of radius 0.6 in empty space, rays down the z axis: those that pass far from it render background."""
+    model = small_model(fit_box_at_step=0)
+    radius = grids.grid_coords_of_nodes(model.field.aabb, model.field.grid_shape).norm(dim=-1)
+    with torch.no_grad():
+        model.field.base_logits.copy_(torch.where(radius < 0.6, 8.0, -8.0))
+    rays = rays_along_the_axes(directions=((2, 1.0),))
+    far = rays.origins[:, :2].norm(dim=-1) > 0.85
+    model.train()
+    accumulation = model.get_outputs(rays)["accumulation"]
+    assert (accumulation[~far].amax() > 0.9) and (accumulation[far] < 1e-4).all()
+    accumulation[far].sum().backward(retain_graph=True)
+    gradient = model.field.base_logits.grad
+    assert gradient is None or not gradient.any()  # not read: no gradient, however small
+    accumulation[~far].sum().backward()
+    assert model.field.base_logits.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("rule", ["sealed", "hidden"])
 def test_training_rays_fill_the_inside_of_a_shell(rule: str) -> None:
     model, radius = model_with_matter("shell", fill_rule=rule)
