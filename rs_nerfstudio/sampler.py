@@ -122,7 +122,8 @@ class PackedMarch:
 
     A dense ``[R, B]`` march gives every ray as many bins as the longest chord in the batch needs. On Lego's fitted
     box that was 167 against a mean of 54 one-voxel steps, so most rays were read every third of a voxel, at three
-    times the cost: the march took 51 of a step's 166 ms, and 31 ms packed (``benchmarks/profile_step.py``).
+    times the cost. Packing took Lego 200 px from 182 to 157 ms per training step, measured back to back with
+    ``benchmarks/ablate.py --seconds 90``.
     """
 
     ray: Tensor
