@@ -386,9 +386,10 @@ class RSSDFModel(Model):
         return outputs
 
     def _smoothed_at_samples(self, ray_samples: RaySamples, positions: Tensor, smoothed_grid: Tensor) -> Tensor:
-        """f_hat at the samples. While training, rays whose coarse march saw nothing are not read: they pass only
-        where G < `empty_space_threshold`, so reading them costs a gather and its gradient's scatter for next to no
-        gradient (on Lego they are over half of a batch's rays). They render as background."""
+        """f_hat at the samples. While training, rays whose coarse march saw nothing (less opacity than NOTHING_SEEN
+        in all: the march skipped their voxels or found them clear) are not read. Reading them costs a gather and its
+        gradient's scatter for next to no gradient, and on Lego they are over half of a batch's rays. They render as
+        background."""
         if not self.training:
             return self.field.smoothed_occupancy(positions, smoothed_grid)
         seen = (ray_samples.metadata[COARSE_ACCUMULATION] >= NOTHING_SEEN).reshape(-1, 1)

@@ -191,7 +191,7 @@ class OccupancyGuidedSampler:
 
     Args:
         num_samples: samples per ray handed to the field.
-        coarse_step: length of a coarse marching step, in voxels.
+        coarse_step: longest coarse marching step, in voxels (each ray divides its chord into equal bins).
         uniform_fraction: share of the sampling distribution spread uniformly along the ray while training.
         interpolate: the march interpolates the smoothed occupancy at each point; False reads the voxel holding it.
     """
