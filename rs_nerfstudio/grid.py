@@ -56,8 +56,7 @@ def trilinear_corners(
     continuous = torch.addcmul(-0.5 - aabb[0] * scale, points, scale).clamp_(min=torch.zeros_like(dims), max=dims - 1)
     lower = continuous.floor().clamp_(max=dims - 2.0)
     frac = continuous.sub_(lower)
-    strides = torch.tensor([1.0, width, width * height], device=points.device, dtype=torch.float64)
-    base = (lower.double() @ strides).long()  # exact in float64 for any grid that fits in memory
+    base = flat_voxel_index(lower, shape)
     dz, dy, dx = torch.meshgrid(*(torch.arange(2, device=points.device),) * 3, indexing="ij")
     offsets = ((dz * height + dy) * width + dx).reshape(8)
     along_axes = torch.stack([1.0 - frac, frac], dim=-1)  # [N, (x, y, z), 2]
@@ -118,9 +117,14 @@ def nearest_voxel_index(
     dims = torch.tensor([width, height, depth], device=points.device, dtype=points.dtype)
     cell = ((points - aabb[0]) * (dims / (aabb[1] - aabb[0]))).floor_()  # in floats: half the passes over int64
     inside = ((cell >= 0) & (cell < dims)).all(dim=-1)
-    cell = torch.minimum(cell.clamp_min_(0), dims - 1).long()
-    strides = torch.tensor([1, width, width * height], device=points.device)
-    return (cell * strides).sum(dim=-1), inside
+    return flat_voxel_index(torch.minimum(cell.clamp_min_(0), dims - 1), shape), inside
+
+
+def flat_voxel_index(cell: Float[Tensor, "N 3"], shape: Sequence[int]) -> Int[Tensor, "N"]:
+    """Flat index into a ``(D, H, W)`` grid of whole-numbered ``(x, y, z)`` voxel coordinates held as floats."""
+    _, height, width = shape
+    strides = torch.tensor([1, width, width * height], device=cell.device)
+    return (cell.long() * strides).sum(dim=-1)
 
 
 def enclosed_voxels(

@@ -1,9 +1,9 @@
 """Ray sampling from the explicit geometry, without CUDA.
 
 nerfacc's occupancy-grid sampler is CUDA-only, and an MLP proposal network is slow on a CPU. The grid already says
-where the surface is, so we march each ray through the scene box in steps of at most a voxel, skip voxels that an empty-space
-mask rules out, read the smoothed occupancy where it does not (interpolated, or the voxel's own value), and
-composite those coarse opacities into weights.
+where the surface is, so we march each ray through the scene box in steps of at most a voxel, skip voxels that an
+empty-space mask rules out, read the smoothed occupancy where it does not (interpolated, or the voxel's own value),
+and composite those coarse opacities into weights.
 The final samples are drawn from that distribution by inverse-CDF sampling (plus a small uniform share, so that
 geometry can still appear where there is none yet), and returned as nerfstudio ``RaySamples`` for its renderers.
 """
@@ -170,16 +170,18 @@ def sample_packed_pdf(
     last = march.first + march.counts - 1
     cdf_end, cdf_start = march.cumsum_in_rays(weights)
     scale = (num_edges / cdf_end[last].clamp_min(1e-30))[march.ray]  # CDF values in units of one stratum
-    offsets = torch.rand(num_rays, dtype=torch.float64, device=weights.device) if stratified else None
-    offset = 0.5 if offsets is None else offsets[march.ray]
-    below_end = torch.ceil(cdf_end * scale - offset).clamp_(0, num_edges).long()
+    if stratified:
+        offsets = torch.rand(num_rays, dtype=torch.float64, device=weights.device)
+    else:
+        offsets = torch.full((num_rays,), 0.5, dtype=torch.float64, device=weights.device)
+    below_end = torch.ceil(cdf_end * scale - offsets[march.ray]).clamp_(0, num_edges).long()
     below_end[last] = num_edges
     below_start = torch.cat([below_end.new_zeros(1), below_end[:-1]])
     below_start[march.first] = 0  # so that every ray gets exactly num_edges, whatever the rounding
     bin_of_sample = torch.repeat_interleave(torch.arange(weights.shape[0], device=weights.device),
                                             below_end - below_start)  # fmt: skip
     quantile = torch.arange(num_edges, device=weights.device, dtype=torch.float64).repeat(num_rays)
-    quantile += 0.5 if offsets is None else offsets.repeat_interleave(num_edges)
+    quantile += offsets.repeat_interleave(num_edges)
     low, high = cdf_start[bin_of_sample] * scale[bin_of_sample], cdf_end[bin_of_sample] * scale[bin_of_sample]
     fraction = ((quantile - low) / (high - low).clamp_min(1e-12)).clamp_(0.0, 1.0).float()
     starts, ends = march.starts[bin_of_sample], march.ends[bin_of_sample]

@@ -37,7 +37,8 @@ def test_packed_march_covers_each_chord_in_steps_of_at_most_one() -> None:
     torch.testing.assert_close(march.starts[march.first], t_near)
     torch.testing.assert_close(march.ends[march.first + march.counts - 1], t_far)
     lengths = march.ends - march.starts
-    assert (lengths <= 1.0 + 1e-6).all() and (march.starts[1:] == march.ends[:-1])[march.ray[1:] == march.ray[:-1]].all()
+    same_ray = march.ray[1:] == march.ray[:-1]
+    assert (lengths <= 1.0 + 1e-6).all() and (march.starts[1:] == march.ends[:-1])[same_ray].all()
     inclusive, exclusive = march.cumsum_in_rays(torch.ones(9))
     assert inclusive.tolist() == [1, 2, 3, 4, 1, 1, 2, 3, 1] and exclusive.tolist() == [0, 1, 2, 3, 0, 0, 1, 2, 0]
 
