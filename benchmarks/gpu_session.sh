@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_session.sh prepare [DATA]   # here: wheels for Python 3.12 and the scene into .dev/ (~62 MiB)
 #   bash benchmarks/gpu_session.sh run [BUDGET]      # there, with .dev carried: rs-sdf, then instant-ngp in the time left
 #
-# `run` writes its logs and results to $OUT (or ./gpu_out). Extra rs-sdf flags: RS_SDF_ARGS="...".
+# `run` writes its logs and results to $OUT (or ./gpu_out). Extra rs-sdf flags: RS_SDF_ARGS="..."; rs-sdf's rays per
+# batch: RS_SDF_RAYS (8192).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 BUNDLE=.dev
@@ -43,7 +44,7 @@ run() {
     (MAX_JOBS=6 nice -n 19 python3 -c "from nerfacc.cuda import _backend as b; print('nerfacc built:', b._C is not None)" \
         >"$out/nerfacc.txt" 2>&1 &)
     python3 benchmarks/compare_methods.py --data "$BUNDLE/scene" --budget "$budget" --methods rs-sdf \
-        --rays-per-batch 8192 --output-dir /tmp/bench_rs \
+        --rays-per-batch "${RS_SDF_RAYS:-8192}" --output-dir /tmp/bench_rs \
         --rs-sdf-args="--pipeline.model.eval-num-rays-per-chunk 65536 ${RS_SDF_ARGS:-}"
     cp /tmp/bench_rs/results.json "$out/rs_results.json"; cp /tmp/bench_rs/rs-sdf/log.txt "$out/rs_log.txt"
     local left=$((560 - ($(date +%s) - start) - 110))  # a device call ends at 600 s; instant-ngp needs ~110 s beside training
