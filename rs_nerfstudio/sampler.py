@@ -217,9 +217,9 @@ class OccupancyGuidedSampler:
         density_fn: Callable[[Tensor], Tensor],
         near: float,
         visibility: Optional[RayVisibility] = None,
-    ) -> Tuple[PackedMarch, Float[Tensor, "P"]]:
-        """The packed coarse march of each ray through the box and its bins' compositing weights; the march is
-        recorded in ``visibility`` when one is given."""
+    ) -> Tuple[PackedMarch, Float[Tensor, "P"], Float[Tensor, "R"]]:
+        """The packed coarse march of each ray through the box, its bins' compositing weights and each ray's total
+        opacity (the sum of its weights); the march is recorded in ``visibility`` when one is given."""
         origins = ray_bundle.origins.reshape(-1, 3)
         directions = ray_bundle.directions.reshape(-1, 3)
         t_near, t_far = intersect_aabb(origins, directions, aabb, near)
@@ -242,7 +242,8 @@ class OccupancyGuidedSampler:
         if visibility is not None:
             visibility.record(flat_index, inside, light_left)
         weights = torch.exp(-depth_before).float() * -torch.expm1(-optical_depth)
-        return march, weights
+        total = -torch.expm1(-depth_after[march.first + march.counts - 1]).float()  # the light the ray lost in all
+        return march, weights, total
 
     @torch.no_grad()
     def __call__(
@@ -259,12 +260,10 @@ class OccupancyGuidedSampler:
     ) -> RaySamples:
         """Samples for each ray; ``density_fn`` maps smoothed occupancy to volume density; the coarse march is recorded
         in ``visibility`` when one is given."""
-        march, weights = self.coarse_weights(
+        march, weights, total = self.coarse_weights(
             ray_bundle, smoothed_grid, mask, aabb, voxel_length, density_fn, near, visibility
         )
         uniform = self.uniform_fraction if training else 0.0
-        num_rays = march.first.shape[0]
-        total = torch.zeros(num_rays, device=weights.device).index_add_(0, march.ray, weights)
         # Rays that see nothing fall back to uniform samples over their chord (a ray's bins are of equal length).
         spread = (uniform + (total < NOTHING_SEEN).float()) / march.counts
         pdf = ((1.0 - uniform) / total.clamp_min(NOTHING_SEEN))[march.ray] * weights + spread[march.ray]
