@@ -93,9 +93,11 @@ def main() -> None:
         if elapsed >= marks[0]:
             marks = [mark for mark in marks if mark > elapsed]
             pipeline.eval()
+            scores = probe.scores(model)
             print(
                 f"{elapsed:6.1f} s  step {step:5d}  train {sum(train_psnr) / len(train_psnr):.2f} dB  "
-                f"probe {probe.psnr(model):.2f} dB  {1000 * elapsed / step:.0f} ms/step",
+                f"probe {scores['psnr']:.2f} dB (pooled {scores['psnr_pooled']:.2f})  "
+                f"{1000 * elapsed / step:.0f} ms/step",
                 flush=True,
             )
     if args.save is not None:
