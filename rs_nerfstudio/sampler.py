@@ -148,6 +148,11 @@ class PackedMarch:
         starts = t_near[ray] + index_in_ray * bin_length
         return cls(ray, starts, starts + bin_length, first, counts)
 
+    @property
+    def last(self) -> Tensor:
+        """``[R]`` index of each ray's last bin."""
+        return self.first + self.counts - 1
+
     def cumsum_in_rays(self, values: Float[Tensor, "P"]) -> Tuple[Float[Tensor, "P"], Float[Tensor, "P"]]:
         """Sums of ``values`` along each ray, inclusive and exclusive of each bin, in float64 (one pass over all)."""
         inclusive = torch.cumsum(values.double(), dim=0)
@@ -167,7 +172,7 @@ def sample_packed_pdf(
     ``repeat_interleave`` hands every sample its bin. Each ray's weights must have a positive sum.
     """
     num_rays = march.first.shape[0]
-    last = march.first + march.counts - 1
+    last = march.last
     cdf_end, cdf_start = march.cumsum_in_rays(weights)
     scale = (num_edges / cdf_end[last].clamp_min(1e-30))[march.ray]  # CDF values in units of one stratum
     if stratified:
@@ -242,7 +247,7 @@ class OccupancyGuidedSampler:
         if visibility is not None:
             visibility.record(flat_index, inside, light_left)
         weights = torch.exp(-depth_before).float() * -torch.expm1(-optical_depth)
-        total = -torch.expm1(-depth_after[march.first + march.counts - 1]).float()  # the light the ray lost in all
+        total = -torch.expm1(-depth_after[march.last]).float()  # the light the ray lost in all
         return march, weights, total
 
     @torch.no_grad()
