@@ -1,0 +1,103 @@
+"""How well can a renderer that traces one ray per pixel score on a downsampled Blender scene, at best?
+
+    python benchmarks/pixel_filter_ceiling.py --low ../shared/data/lego_200 --high ../shared/data/lego_800
+
+The low-resolution copies of the NeRF-synthetic scenes are filtered downsamples of the full-resolution images
+(lego_200 is Pillow's Lanczos resize of lego_800, exactly). A pixel of them is a weighted average over its footprint,
+while a NeRF renderer traces one ray through the pixel's centre. This script takes the full-resolution image as the
+scene and scores, against each low-resolution test image (both composited on white, as the methods are scored):
+
+- one sample per pixel, at a sub-pixel of the full-resolution image next to the pixel's centre: the score of a
+  perfect model rendered with one ray per pixel;
+- one sample at the pixel's centre of the scene blurred by a Gaussian: a model that is that much blurrier than the
+  scene;
+- the mean of 2 or 4 samples per pixel (a diagonal pair, a 2x2 grid, a rotated grid): a perfect model rendered with
+  that many rays per pixel;
+- the mean of all its sub-pixels: a box filter.
+
+It first checks that the low-resolution image is the Lanczos resize of the full one, and says so when it is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+
+
+def composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """RGBA in [0, 1] over a white background."""
+    return rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(-10.0 * np.log10(np.mean((a - b) ** 2)))
+
+
+def samplings(high: np.ndarray, factor: int) -> dict:
+    """Low-resolution images made from ``high`` by sampling each low pixel's footprint of factor x factor pixels."""
+    height, width = high.shape[0] // factor, high.shape[1] // factor
+    blocks = high[: height * factor, : width * factor].reshape(height, factor, width, factor, 3)
+
+    def at(*points):  # mean of the sub-pixels (row, column) of every footprint, in units of its factor
+        return np.mean([blocks[:, round(r * (factor - 1)), :, round(c * (factor - 1))] for r, c in points], axis=0)
+
+    def blurred(sigma: float):  # one ray at the pixel's centre through the scene blurred by sigma low pixels
+        smooth = np.stack([gaussian_filter(high[..., c], sigma * factor) for c in range(3)], axis=-1)
+        corners = smooth[: height * factor, : width * factor].reshape(height, factor, width, factor, 3)
+        middle = (factor // 2 - 1, factor // 2)  # the sub-pixels around the centre: bilinear at the centre itself
+        return corners[:, middle, :, :][:, :, :, middle].mean(axis=(1, 3))
+
+    return {
+        "1 ray (sub-pixel next to the centre)": at((1 / 3, 1 / 3)),
+        **{f"1 ray, the scene blurred by a Gaussian of {sigma} pixel": blurred(sigma) for sigma in (0.25, 0.5, 0.75)},
+        "2 rays (diagonal)": at((0, 0), (1, 1)),
+        "4 rays (2x2 grid)": at((0, 0), (0, 2 / 3), (2 / 3, 0), (2 / 3, 2 / 3)),
+        "4 rays (rotated grid)": at((0, 1 / 3), (1 / 3, 1), (1, 2 / 3), (2 / 3, 0)),
+        "box filter (all sub-pixels)": blocks.mean(axis=(1, 3)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--low", type=Path, default=Path("../shared/data/lego_200"))
+    parser.add_argument("--high", type=Path, default=Path("../shared/data/lego_800"))
+    parser.add_argument("--split", default="test")
+    args = parser.parse_args()
+    for folder in (args.low, args.high):
+        if not (folder / f"transforms_{args.split}.json").is_file():
+            sys.exit(f"{folder}: no transforms_{args.split}.json")
+
+    frames = json.loads((args.low / f"transforms_{args.split}.json").read_text())["frames"]
+    scores: dict = {}
+    not_lanczos = 0
+    for frame in frames:
+        name = frame["file_path"].removeprefix("./") + ".png"
+        low_path, high_path = args.low / name, args.high / name
+        if not high_path.is_file():
+            sys.exit(f"{high_path}: missing (the low-resolution split names it)")
+        high_image = Image.open(high_path)
+        low_image = Image.open(low_path)
+        factor = high_image.width // low_image.width
+        if np.any(np.asarray(high_image.resize(low_image.size, Image.LANCZOS)) != np.asarray(low_image)):
+            not_lanczos += 1
+        low = composite_on_white(np.asarray(low_image, dtype=np.float64) / 255.0)
+        high = composite_on_white(np.asarray(high_image, dtype=np.float64) / 255.0)
+        for label, image in samplings(high, factor).items():
+            scores.setdefault(label, []).append(psnr(image, low))
+
+    print(f"{len(frames)} {args.split} views of {args.low} against {args.high} (factor {factor}); "
+          f"{'all are' if not not_lanczos else f'{len(frames) - not_lanczos} are'} its Lanczos resize")  # fmt: skip
+    print("| a perfect model (the full-resolution image), rendered with | mean PSNR over the views (dB) | lowest | highest |")
+    print("| --- | ---: | ---: | ---: |")
+    for label, values in scores.items():
+        print(f"| {label} | {np.mean(values):.2f} | {np.min(values):.2f} | {np.max(values):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
