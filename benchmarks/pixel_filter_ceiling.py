@@ -15,6 +15,8 @@ scene and scores, against each low-resolution test image (both composited on whi
   that many rays per pixel;
 - the mean of all its sub-pixels: a box filter.
 
+Sub-pixel positions are those of a factor of 4 (200 from 800 px), rounded to the nearest sub-pixel for other factors.
+
 It first checks that the low-resolution image is the Lanczos resize of the full one, and says so when it is not.
 """
 
@@ -74,6 +76,8 @@ def main() -> None:
             sys.exit(f"{folder}: no transforms_{args.split}.json")
 
     frames = json.loads((args.low / f"transforms_{args.split}.json").read_text())["frames"]
+    if not frames:
+        sys.exit(f"{args.low / f'transforms_{args.split}.json'}: no frames")
     scores: dict = {}
     not_lanczos = 0
     for frame in frames:
