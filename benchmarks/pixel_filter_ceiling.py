@@ -37,21 +37,21 @@ def composite_on_white(rgba: np.ndarray) -> np.ndarray:
     return rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(-10.0 * np.log10(np.mean((a - b) ** 2)))
-
-
 def samplings(high: np.ndarray, factor: int) -> dict:
     """Low-resolution images made from ``high`` by sampling each low pixel's footprint of factor x factor pixels."""
     height, width = high.shape[0] // factor, high.shape[1] // factor
-    blocks = high[: height * factor, : width * factor].reshape(height, factor, width, factor, 3)
+
+    def footprints(image: np.ndarray) -> np.ndarray:  # [low row, sub-row, low column, sub-column, RGB]
+        return image[: height * factor, : width * factor].reshape(height, factor, width, factor, 3)
+
+    blocks = footprints(high)
 
     def at(*points):  # mean of the sub-pixels (row, column) of every footprint, in units of its factor
         return np.mean([blocks[:, round(r * (factor - 1)), :, round(c * (factor - 1))] for r, c in points], axis=0)
 
     def blurred(sigma: float):  # one ray at the pixel's centre through the scene blurred by sigma low pixels
         smooth = np.stack([gaussian_filter(high[..., c], sigma * factor) for c in range(3)], axis=-1)
-        corners = smooth[: height * factor, : width * factor].reshape(height, factor, width, factor, 3)
+        corners = footprints(smooth)
         middle = (factor // 2 - 1, factor // 2)  # the sub-pixels around the centre: bilinear at the centre itself
         return corners[:, middle, :, :][:, :, :, middle].mean(axis=(1, 3))
 
@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--high", type=Path, default=Path("../shared/data/lego_800"))
     parser.add_argument("--split", default="test")
     args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from compare_methods import psnr_from_mse
+
     for folder in (args.low, args.high):
         if not (folder / f"transforms_{args.split}.json").is_file():
             sys.exit(f"{folder}: no transforms_{args.split}.json")
@@ -93,7 +96,7 @@ def main() -> None:
         low = composite_on_white(np.asarray(low_image, dtype=np.float64) / 255.0)
         high = composite_on_white(np.asarray(high_image, dtype=np.float64) / 255.0)
         for label, image in samplings(high, factor).items():
-            scores.setdefault(label, []).append(psnr(image, low))
+            scores.setdefault(label, []).append(psnr_from_mse(float(np.mean((image - low) ** 2))))
 
     print(f"{len(frames)} {args.split} views of {args.low} against {args.high} (factor {factor}); "
           f"{'all are' if not not_lanczos else f'{len(frames) - not_lanczos} are'} its Lanczos resize")  # fmt: skip
