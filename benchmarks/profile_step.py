@@ -1,6 +1,9 @@
 """Profile rs-sdf training steps on a Blender scene with torch.profiler: where does a step's time go?
 
-    python benchmarks/profile_step.py --data ../shared/data/lego_200 --warmup 30 --steps 10
+    python benchmarks/profile_step.py --data ../shared/data/lego_200 --warmup 300 --steps 10
+
+The steps run the model's training callbacks, as ns-train does: the warm-up should pass `fit_box_at_step` (100),
+or the profile is of the coarse stage's half-resolution grids over the whole scene box.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from rs_nerfstudio.config import rs_sdf_trainer_config
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/lego_200"))
-    parser.add_argument("--warmup", type=int, default=30, help="steps before profiling")
+    parser.add_argument("--warmup", type=int, default=300, help="steps before profiling")
     parser.add_argument("--steps", type=int, default=10, help="steps profiled")
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--load-config", type=Path, default=None, help="start from a trained run (steady state)")
@@ -34,18 +37,24 @@ def main() -> None:
         pipeline = config.pipeline.setup(device="cpu", test_mode="val")
         start_step = 0
     optimizers = config.optimizers
+    from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
     from nerfstudio.engine.optimizers import Optimizers
 
     opt = Optimizers(optimizers, pipeline.get_param_groups())
     model = pipeline.model
+    attributes = TrainingCallbackAttributes(optimizers=opt, grad_scaler=None, pipeline=pipeline, trainer=None)
+    callbacks = model.get_training_callbacks(attributes)  # the coarse stage's end, the fills
 
     def step(i: int) -> None:
-        model.update_to_step(i)
+        for callback in callbacks:
+            callback.run_callback_at_location(i, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
         opt.zero_grad_all()
         _, loss_dict, _ = pipeline.get_train_loss_dict(i)
         sum(loss_dict.values()).backward()
         opt.optimizer_step_all()
         opt.scheduler_step_all(i)
+        for callback in callbacks:
+            callback.run_callback_at_location(i, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
 
     for i in range(start_step, start_step + args.warmup):
         step(i)
@@ -55,7 +64,7 @@ def main() -> None:
             step(i)
     elapsed = (time.perf_counter() - start) / args.steps
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=args.rows))
-    print(f"{elapsed * 1000:.1f} ms/step (profiled), {4096 / elapsed:.0f} rays/s")
+    print(f"{elapsed * 1000:.1f} ms/step (profiled), {4096 / elapsed:.0f} rays/s, geometry grid {model.field.grid_shape}")
 
 
 if __name__ == "__main__":

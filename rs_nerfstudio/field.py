@@ -274,6 +274,12 @@ class RSSDFField(Field):
         """Colour features at world points, interpolated from the feature grid."""
         return grids.interpolate(self.features, points, self.aabb)
 
+    def composite_appearance(
+        self, points: Float[Tensor, "N 3"], shares: Float[Tensor, "N"], ray: Tensor, num_rays: int
+    ) -> Float[Tensor, "R C"]:
+        """Per ray, the colour features at its points weighted by ``shares`` and summed (``points`` sorted by ray)."""
+        return grids.composite(self.features, points, shares, ray, num_rays, self.aabb)
+
     def decode_colour(self, features: Float[Tensor, "N C"], directions: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
         """RGB in [0, 1] from colour features and unit view directions."""
         if self.sh_levels > 0:

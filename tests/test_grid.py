@@ -58,6 +58,38 @@ def test_gradient_matches_autograd_of_grid_sample() -> None:
     torch.testing.assert_close(ours, grid.grad)
 
 
+def test_composite_equals_summing_interpolated_values_with_gradients() -> None:
+    """Rays of points a fraction of a voxel apart, many in one cell: the per-cell gather gives the per-point sums,
+    and the same gradients for the grid and the coefficients."""
+    generator = torch.Generator().manual_seed(0)
+    box = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    grid = torch.randn(6, 7, 8, 5, generator=generator, dtype=torch.float64)
+    num_rays, per_ray = 40, 12
+    starts = 2 * torch.rand(num_rays, 1, 3, generator=generator, dtype=torch.float64) - 1
+    steps = 0.04 * torch.randn(num_rays, 1, 3, generator=generator, dtype=torch.float64)
+    points = (starts + steps * torch.arange(per_ray, dtype=torch.float64)[:, None]).reshape(-1, 3)
+    keep = torch.rand(points.shape[0], generator=generator) > 0.2  # some points are left out, some rays empty
+    keep[: 2 * per_ray] = False
+    ray = torch.arange(num_rays).repeat_interleave(per_ray)[keep]
+    points = points[keep]
+    coefficients = torch.rand(points.shape[0], generator=generator, dtype=torch.float64)
+    grid_a, coeff_a = grid.clone().requires_grad_(), coefficients.clone().requires_grad_()
+    grid_b, coeff_b = grid.clone().requires_grad_(), coefficients.clone().requires_grad_()
+    merged = grids.composite(grid_a, points, coeff_a, ray, num_rays, box)
+    per_point = coeff_b[:, None] * grids.interpolate(grid_b, points, box)
+    expected = torch.zeros(num_rays, 5, dtype=torch.float64).index_add(0, ray, per_point)
+    torch.testing.assert_close(merged, expected)
+    assert (merged[:2] == 0).all()
+    upstream = torch.randn(num_rays, 5, generator=generator, dtype=torch.float64)
+    (merged * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(grid_a.grad, grid_b.grad)
+    torch.testing.assert_close(coeff_a.grad, coeff_b.grad)
+    index, _ = grids.trilinear_corners(points, box, grid.shape[:3])
+    cells = torch.unique_consecutive(ray * grid[..., 0].numel() + index[:, 0]).numel()
+    assert cells < 0.5 * points.shape[0]  # the case it is for: several points per cell
+
+
 def test_grid_shape_keeps_voxels_near_cubic() -> None:
     shape = grids.grid_shape_for_box(AABB, 64)
     assert shape == (48, 64, 32)  # (D, H, W) = (z, y, x) for extents (2, 4, 3)

@@ -9,6 +9,8 @@ from rs_nerfstudio.sampler import (
     OccupancyGuidedSampler,
     PackedMarch,
     RayVisibility,
+    block_mask,
+    bins_near_matter,
     empty_space_mask,
     intersect_aabb,
     opaque_interior,
@@ -115,7 +117,7 @@ def test_visibility_sees_through_the_space_in_front_of_the_surface_only() -> Non
     density = lambda f: density_from_occupancy(occupancy(f, 40.0), 1 / voxel)  # noqa: E731
     visibility = RayVisibility.empty(smoothed.shape, torch.device("cpu"))
     mask = empty_space_mask(occupancy(smoothed, 40.0), 1e-3)
-    sampler = OccupancyGuidedSampler(num_samples=8)
+    sampler = OccupancyGuidedSampler(num_samples=8, clip=False)  # the whole chord (see the next test for clip)
     sampler.coarse_weights(bundle, smoothed, mask, BOX, voxel, density, 0.0, visibility)
     assert visibility.batches == 1
     reached = torch.zeros_like(visibility.hidden)
@@ -127,6 +129,107 @@ def test_visibility_sees_through_the_space_in_front_of_the_surface_only() -> Non
     through_only = RayVisibility.empty(smoothed.shape, torch.device("cpu"), behind_matter=False)
     sampler.coarse_weights(bundle, smoothed, mask, BOX, voxel, density, 0.0, through_only)
     assert torch.equal(through_only.seen_through, visibility.seen_through) and through_only.behind_matter is None
+
+
+def test_block_mask_is_a_max_pool_then_a_dilation() -> None:
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(0)
+    for shape in [(24, 17, 9), (5, 7, 1), (3, 4, 4)]:
+        mask = torch.rand(shape, generator=generator) > 0.97
+        pooled = F.max_pool3d(mask[None, None].float(), kernel_size=2, stride=2, ceil_mode=True)
+        expected = F.max_pool3d(pooled, kernel_size=3, stride=1, padding=1)[0, 0] > 0
+        assert torch.equal(block_mask(mask, 2), expected), shape
+
+
+def test_bins_near_matter_keep_every_bin_in_the_mask() -> None:
+    """Random lumps and specks of matter, random rays through the box: every bin of the whole march whose midpoint
+    lies in a voxel of the mask is among the bins kept; a ray that meets none keeps none, most of the time."""
+    from rs_nerfstudio.grid import nearest_voxel_index
+
+    generator = torch.Generator().manual_seed(0)
+    shape = (40, 48, 32)  # (z, y, x): voxels of 2/32 x 2/48 x 2/40, not cubes
+    mask = torch.rand(shape, generator=generator) > 0.9995  # specks
+    for corner in torch.randint(0, 28, (4, 3), generator=generator).tolist():  # and lumps
+        mask[corner[0] : corner[0] + 5, corner[1] : corner[1] + 7, corner[2] : corner[2] + 4] = True
+    count = 4000
+    origins = 3.0 * torch.nn.functional.normalize(torch.randn(count, 3, generator=generator), dim=-1)
+    targets = 0.8 * (2 * torch.rand(count, 3, generator=generator) - 1)
+    directions = torch.nn.functional.normalize(targets - origins, dim=-1)
+    t_near, t_far = intersect_aabb(origins, directions, BOX)
+    step = 2.0 / 48
+    low, high = bins_near_matter(origins, directions, t_near, t_far, step, mask, block_mask(mask), BOX)
+    whole = PackedMarch.through_box(t_near, t_far, step)
+    mids = 0.5 * (whole.starts + whole.ends)
+    index, inside = nearest_voxel_index(origins[whole.ray] + directions[whole.ray] * mids[:, None], BOX, shape)
+    in_mask = inside & mask.reshape(-1)[index]
+    bin_in_ray = torch.arange(mids.shape[0]) - whole.first[whole.ray]
+    kept = (bin_in_ray >= low[whole.ray]) & (bin_in_ray < high[whole.ray])
+    assert kept[in_mask].all()
+    meets = torch.zeros(count, dtype=torch.bool).index_fill_(0, whole.ray[in_mask], True)
+    assert 0.1 < meets.float().mean() < 0.8 and (high > low)[meets].all()
+    assert (high == low)[~meets].float().mean() > 0.3  # those that pass no cell next to matter
+    assert kept.sum() < 0.3 * kept.numel()
+    clipped = PackedMarch.through_box(t_near, t_far, step, (low, high))  # the same bins, the others left out
+    torch.testing.assert_close(clipped.starts[(clipped.ends > clipped.starts)], whole.starts[kept])
+    assert clipped.counts.tolist() == (high - low).clamp_min(1).tolist()
+
+
+def test_clipped_march_samples_as_the_whole_march() -> None:
+    """Outside training (no uniform share), the samples of the clipped march are those of the whole march."""
+    resolution, voxel = 32, 2.0 / 32
+    generator = torch.Generator().manual_seed(0)
+    smoothed = torch.zeros(resolution, resolution, resolution)
+    smoothed[10:20, 12:22, 8:16] = 1.0
+    count = 2000
+    origins = 3.0 * torch.nn.functional.normalize(torch.randn(count, 3, generator=generator), dim=-1)
+    directions = torch.nn.functional.normalize(0.5 * torch.rand(count, 3, generator=generator) - origins, dim=-1)
+    bundle = RayBundle(origins=origins, directions=directions, pixel_area=torch.ones(count, 1))
+    density = lambda f: density_from_occupancy(occupancy(f, 40.0), 1 / voxel)  # noqa: E731
+    mask = empty_space_mask(occupancy(smoothed, 40.0), 1e-3)
+    samples = [
+        OccupancyGuidedSampler(num_samples=16, clip=clip)(bundle, smoothed, mask, BOX, voxel, density, training=False)
+        for clip in (False, True)
+    ]
+    hits = samples[0].metadata["coarse_accumulation"][:, 0, 0] > 1e-3
+    assert 0.2 < hits.float().mean() < 0.9
+    for name in ("starts", "ends"):
+        torch.testing.assert_close(getattr(samples[1].frustums, name)[hits], getattr(samples[0].frustums, name)[hits])
+
+
+def test_clipping_keeps_what_the_fills_need() -> None:
+    """A hollow cube, with a window in its top wall and without: clipped or not, the march's record seals the cavity
+    exactly when the window is shut. The clipped march leaves out only empty space far from matter, which is joined to
+    the box's faces anyway. The "hidden" rule's record (what rays reached behind matter, too) is never clipped."""
+    from rs_nerfstudio.grid import enclosed_voxels
+
+    resolution, voxel = 32, 2.0 / 32
+    generator = torch.Generator().manual_seed(0)
+    count = 20000
+    origins = 3.0 * torch.nn.functional.normalize(torch.randn(count, 3, generator=generator), dim=-1)
+    targets = 0.6 * (2 * torch.rand(count, 3, generator=generator) - 1)
+    directions = torch.nn.functional.normalize(targets - origins, dim=-1)
+    bundle = RayBundle(origins=origins, directions=directions, pixel_area=torch.ones(count, 1))
+    density = lambda f: density_from_occupancy(occupancy(f, 40.0), 1 / voxel)  # noqa: E731
+    for window in (True, False):
+        solid = torch.zeros(resolution, resolution, resolution)
+        solid[8:24, 8:24, 8:24] = 1.0
+        solid[10:22, 10:22, 10:22] = 0.0  # the cavity
+        if window:
+            solid[22:24, 13:19, 13:19] = 0.0
+        grid = occupancy(solid, 40.0)
+        mask = empty_space_mask(grid, 1e-3) & ~opaque_interior(grid, 1 - 1e-3)
+        records = {}
+        for clip, behind_matter in ((False, False), (True, False), (False, True), (True, True)):
+            visibility = RayVisibility.empty(solid.shape, torch.device("cpu"), behind_matter=behind_matter)
+            sampler = OccupancyGuidedSampler(num_samples=8, clip=clip)
+            sampler.coarse_weights(bundle, solid, mask, BOX, voxel, density, 0.0, visibility)
+            records[clip, behind_matter] = visibility
+        sealed = [enclosed_voxels(solid < 0.5, records[clip, False].seen_through) for clip in (False, True)]
+        assert torch.equal(sealed[0], sealed[1])
+        assert sealed[0][10:22, 10:22, 10:22].all() != window and sealed[0].sum() == (0 if window else 12**3)
+        assert records[True, False].seen_through.sum() < 0.75 * records[False, False].seen_through.sum()
+        assert torch.equal(records[True, True].hidden, records[False, True].hidden)
 
 
 def test_samples_bracket_a_surface_between_voxel_centres() -> None:
