@@ -22,6 +22,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/lego_200"))
     parser.add_argument("--warmup", type=int, default=300, help="steps before profiling")
     parser.add_argument("--steps", type=int, default=10, help="steps profiled")
+    parser.add_argument("--timed-steps", type=int, default=100, help="steps timed without the profiler, after it")
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--load-config", type=Path, default=None, help="start from a trained run (steady state)")
     args = parser.parse_args()
@@ -45,16 +46,26 @@ def main() -> None:
     attributes = TrainingCallbackAttributes(optimizers=opt, grad_scaler=None, pipeline=pipeline, trainer=None)
     callbacks = model.get_training_callbacks(attributes)  # the coarse stage's end, the fills
 
+    phases = {"forward": 0.0, "backward": 0.0, "optimizer and callbacks": 0.0}
+
     def step(i: int) -> None:
+        started = time.perf_counter()
         for callback in callbacks:
             callback.run_callback_at_location(i, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
         opt.zero_grad_all()
+        forward = time.perf_counter()
         _, loss_dict, _ = pipeline.get_train_loss_dict(i)
+        backward = time.perf_counter()
         sum(loss_dict.values()).backward()
+        optimizer = time.perf_counter()
         opt.optimizer_step_all()
         opt.scheduler_step_all(i)
         for callback in callbacks:
             callback.run_callback_at_location(i, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+        ended = time.perf_counter()
+        phases["forward"] += backward - forward
+        phases["backward"] += optimizer - backward
+        phases["optimizer and callbacks"] += ended - optimizer + forward - started
 
     for i in range(start_step, start_step + args.warmup):
         step(i)
@@ -64,7 +75,14 @@ def main() -> None:
             step(i)
     elapsed = (time.perf_counter() - start) / args.steps
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=args.rows))
-    print(f"{elapsed * 1000:.1f} ms/step (profiled), {4096 / elapsed:.0f} rays/s, geometry grid {model.field.grid_shape}")
+    print(f"{elapsed * 1000:.1f} ms/step (profiled), {4096 / elapsed:.0f} rays/s, grid {model.field.grid_shape}")
+    phases.update({name: 0.0 for name in phases})
+    first_timed = start_step + args.warmup + args.steps
+    for i in range(first_timed, first_timed + args.timed_steps):
+        step(i)
+    total = sum(phases.values()) / args.timed_steps
+    split = ", ".join(f"{name} {1000 * seconds / args.timed_steps:.1f}" for name, seconds in phases.items())
+    print(f"{1000 * total:.1f} ms/step without the profiler over {args.timed_steps} more steps: {split}")
 
 
 if __name__ == "__main__":
