@@ -3,7 +3,8 @@
 nerfacc's occupancy-grid sampler is CUDA-only, and an MLP proposal network is slow on a CPU. The grid already says
 where the surface is, so we march each ray through the scene box in steps of at most a voxel, skip voxels that an
 empty-space mask rules out, read the smoothed occupancy where it does not (interpolated, or the voxel's own value),
-and composite those coarse opacities into weights.
+and composite those coarse opacities into weights. A cheaper march over cells of 2 voxels first cuts each ray's march
+to the stretch near matter (:func:`bins_near_matter`).
 The final samples are drawn from that distribution by inverse-CDF sampling (plus a small uniform share, so that
 geometry can still appear where there is none yet), and returned as nerfstudio ``RaySamples`` for its renderers.
 """
