@@ -84,7 +84,9 @@ class RSSDFModelConfig(ModelConfig):
     compare_methods.py)."""
     clip_march: bool = True
     """March each ray only over the stretch where it may meet a voxel that the empty-space mask keeps, found by a
-    cheaper march of 2-voxel cells. On Lego most of a ray's chord through the fitted box is empty space."""
+    cheaper march of 2-voxel cells: the same samples outside training, a step ~13% cheaper on Lego, where most of a
+    ray's chord through the fitted box is empty space. Training marches under the "hidden" `fill_rule` are not clipped:
+    that rule needs what rays saw along their whole chords."""
     uniform_sample_fraction: float = 0.05
     """Share of each ray's training samples spread uniformly, so geometry can appear where there is none yet."""
     empty_space_threshold: float = 1e-3
