@@ -159,7 +159,7 @@ def bins_near_matter(
     is joined to the box's faces, so it is never a sealed cavity: the "sealed" rule fills the same. The "hidden" rule
     needs it (space seen through beside an object is not hidden behind it), so its marches are not clipped.
     """
-    voxel = (aabb[1] - aabb[0]) / torch.tensor(mask.shape[::-1], dtype=aabb.dtype, device=aabb.device)
+    voxel = grids.voxel_size(aabb, mask.shape)
     cell = voxel * block
     cells_box = torch.stack([aabb[0], aabb[0] + cell * torch.tensor(cells.shape[::-1], device=aabb.device)])
     cheap_step = 2.0 * block * float(voxel.min())
