@@ -164,8 +164,7 @@ def bins_near_matter(
     cells_box = torch.stack([aabb[0], aabb[0] + cell * torch.tensor(cells.shape[::-1], device=aabb.device)])
     cheap_step = 2.0 * block * float(voxel.min())
     march = PackedMarch.through_box(t_near, t_far, cheap_step)
-    mids = 0.5 * (march.starts + march.ends)
-    points = torch.addcmul(origins[march.ray], directions[march.ray], mids[:, None])
+    mids, points = march.midpoints(origins, directions)
     flat_index, inside = grids.nearest_voxel_index(points, cells_box, cells.shape)
     near_matter = inside & cells.reshape(-1)[flat_index]
     num_rays = t_near.shape[0]
@@ -231,6 +230,13 @@ class PackedMarch:
         bin_length = length[ray]
         starts = t_near[ray] + index_in_ray * bin_length
         return cls(ray, starts, starts + bin_length, first, counts)
+
+    def midpoints(
+        self, origins: Float[Tensor, "R 3"], directions: Float[Tensor, "R 3"]
+    ) -> Tuple[Float[Tensor, "P"], Float[Tensor, "P 3"]]:
+        """Each bin's middle: its distance along the ray and the world point there."""
+        mids = 0.5 * (self.starts + self.ends)
+        return mids, torch.addcmul(origins[self.ray], directions[self.ray], mids[:, None])
 
     @property
     def last(self) -> Tensor:
@@ -333,8 +339,7 @@ class OccupancyGuidedSampler:
         if self.clip and (visibility is None or visibility.behind_matter is None):
             span = bins_near_matter(origins, directions, t_near, t_far, step, mask, self.cells_of(mask), aabb)
         march = PackedMarch.through_box(t_near, t_far, step, span)
-        mids = 0.5 * (march.starts + march.ends)
-        points = torch.addcmul(origins[march.ray], directions[march.ray], mids[:, None])
+        mids, points = march.midpoints(origins, directions)
         flat_index, inside = grids.nearest_voxel_index(points, aabb, mask.shape)
         keep = inside & mask.reshape(-1)[flat_index]
         optical_depth = torch.zeros_like(mids)
