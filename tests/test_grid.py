@@ -46,11 +46,12 @@ def test_interpolate_is_exact_at_voxel_centres() -> None:
     torch.testing.assert_close(grids.interpolate(grid, centres.reshape(-1, 3), AABB)[:, 0], grid.reshape(-1))
 
 
-def test_gradient_matches_autograd_of_grid_sample() -> None:
+@pytest.mark.parametrize("channels", [1, 2])  # one channel's gradient is a bincount, several an index_add_
+def test_gradient_matches_autograd_of_grid_sample(channels: int) -> None:
     torch.manual_seed(1)
-    grid = torch.randn(6, 5, 4, 2, dtype=torch.float64, requires_grad=True)
+    grid = torch.randn(6, 5, 4, channels, dtype=torch.float64, requires_grad=True)
     points = AABB[0] + torch.rand(300, 3, dtype=torch.float64) * (AABB[1] - AABB[0])
-    weights = torch.randn(300, 2, dtype=torch.float64)
+    weights = torch.randn(300, channels, dtype=torch.float64)
     (grids.interpolate(grid, points, AABB.double()) * weights).sum().backward()
     ours = grid.grad.clone()
     grid.grad = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import pytest
 import torch
@@ -57,9 +57,13 @@ def test_blur_equals_dense_convolution(grid: torch.Tensor, sigma: float) -> None
 
 @pytest.mark.parametrize("sigmas", [(0.7, 1.3, 2.0), (2.2, 0.5, 1.0), (0.0, 1.3, 0.6)])
 @pytest.mark.parametrize("lead", [(), (2,), (2, 3)])
-def test_per_axis_sigma_and_leading_axes(sigmas: Tuple[float, float, float], lead: Tuple[int, ...]) -> None:
+@pytest.mark.parametrize("block", [None, 1, 3])
+def test_per_axis_sigma_and_leading_axes(
+    sigmas: Tuple[float, float, float], lead: Tuple[int, ...], block: Optional[int]
+) -> None:
+    """Also in blocks of output voxels smaller than the grid and than the kernel (the default block is 16)."""
     grid = torch.rand(*lead, 8, 10, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    blurred = gaussian_blur_3d(grid, sigmas)
+    blurred = gaussian_blur_3d(grid, sigmas, block=block)
     assert blurred.shape == grid.shape
     torch.testing.assert_close(blurred, brute_force_blur(grid, sigmas), atol=1e-5, rtol=0)
 
@@ -116,9 +120,17 @@ def test_mass_is_kept_away_from_the_border_and_lost_across_it() -> None:
     assert float(corner) < 0.3  # about (1/2 + taps[radius] / 2)^3, not the 1 of an unbounded grid
 
 
-def test_gradient() -> None:
+@pytest.mark.parametrize("block", [None, 2])
+def test_gradient(block: Optional[int]) -> None:
     grid = torch.rand(2, 4, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    assert torch.autograd.gradcheck(lambda g: gaussian_blur_3d(g, (0.8, 1.0, 1.5)), (grid.requires_grad_(),))
+    blur = lambda g: gaussian_blur_3d(g, (0.8, 1.0, 1.5), block=block)  # noqa: E731
+    assert torch.autograd.gradcheck(blur, (grid.requires_grad_(),))
+
+
+def test_default_blocks_on_a_grid_larger_than_one() -> None:
+    """A grid of several default blocks per axis equals one product per axis (one block as large as the grid)."""
+    large = torch.rand(40, 35, 17, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(gaussian_blur_3d(large, 1.3), gaussian_blur_3d(large, 1.3, block=40), atol=1e-14, rtol=0)
 
 
 def test_blur_is_self_adjoint(grid: torch.Tensor) -> None:
