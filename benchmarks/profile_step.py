@@ -4,11 +4,18 @@
 
 The steps run the model's training callbacks, as ns-train does: the warm-up should pass `fit_box_at_step` (100),
 or the profile is of the coarse stage's half-resolution grids over the whole scene box.
+
+    python benchmarks/profile_step.py --data ../shared/data/lego_200 --warmup 400 --steps 2 --timed-steps 0 \
+        --alternate-blur-block 100000 --rounds 16
+
+times the blur's blocks (`rs_nerfstudio.smoothing.BLOCK`) against another block size in the same process, 25 steps
+of each in turn: this machine's speed drifts by 10% and more between runs, so a ratio is measured within one.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
@@ -25,6 +32,9 @@ def main() -> None:
     parser.add_argument("--timed-steps", type=int, default=100, help="steps timed without the profiler, after it")
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--load-config", type=Path, default=None, help="start from a trained run (steady state)")
+    parser.add_argument("--alternate-blur-block", type=int, default=None, metavar="N",
+                        help="then time training steps with the blur in blocks of N voxels against the default, in turn")
+    parser.add_argument("--rounds", type=int, default=16, help="rounds of 25 steps each for --alternate-blur-block")
     args = parser.parse_args()
 
     if args.load_config is not None:
@@ -80,9 +90,35 @@ def main() -> None:
     first_timed = start_step + args.warmup + args.steps
     for i in range(first_timed, first_timed + args.timed_steps):
         step(i)
-    total = sum(phases.values()) / args.timed_steps
-    split = ", ".join(f"{name} {1000 * seconds / args.timed_steps:.1f}" for name, seconds in phases.items())
-    print(f"{1000 * total:.1f} ms/step without the profiler over {args.timed_steps} more steps: {split}")
+    if args.timed_steps:
+        total = sum(phases.values()) / args.timed_steps
+        split = ", ".join(f"{name} {1000 * seconds / args.timed_steps:.1f}" for name, seconds in phases.items())
+        print(f"{1000 * total:.1f} ms/step without the profiler over {args.timed_steps} more steps: {split}")
+    if args.alternate_blur_block is not None:
+        alternate_blur_blocks(step, first_timed + args.timed_steps, args.alternate_blur_block, args.rounds)
+
+
+def alternate_blur_blocks(step, first: int, other_block: int, rounds: int, steps_per_turn: int = 25) -> None:
+    """Median ms per training step with the blur in blocks of the default size and of ``other_block``, in turns."""
+    from rs_nerfstudio import smoothing
+
+    default = smoothing.BLOCK
+    times: dict = {default: [], other_block: []}
+    i = first
+    for _ in range(rounds):
+        for block in times:
+            smoothing.BLOCK = block
+            started = time.perf_counter()
+            for _ in range(steps_per_turn):
+                step(i)
+                i += 1
+            times[block].append(1000 * (time.perf_counter() - started) / steps_per_turn)
+    smoothing.BLOCK = default
+    medians = {block: statistics.median(values) for block, values in times.items()}
+    for block, values in times.items():
+        print(f"blur in blocks of {block}: median {medians[block]:.1f} ms/step over {rounds} turns of "
+              f"{steps_per_turn} ({min(values):.1f}-{max(values):.1f})")
+    print(f"ratio {medians[other_block] / medians[default]:.3f} (blocks of {other_block} / blocks of {default})")
 
 
 if __name__ == "__main__":
