@@ -126,7 +126,7 @@ class _CompositeGather(torch.autograd.Function):
             grad_table = torch.zeros_like(table).index_add_(0, cell_index.reshape(-1), contributions)
         if ctx.needs_input_grad[1]:
             # index_select: 0.16 ms for a Lego batch, against 0.72 for table[cell_index]
-            corners = table.index_select(0, cell_index.reshape(-1)).reshape(*cell_index.shape, -1)
+            corners = table.index_select(0, cell_index.reshape(-1)).reshape(*cell_index.shape, table.shape[1])
             corner_dot_grad = (corners * grad_cell[:, None, :]).sum(-1)  # [cells, 8]
             grad_coefficients = (weights * corner_dot_grad[cell_of_point]).sum(-1)
         return grad_table, grad_coefficients, None, None, None, None

@@ -91,6 +91,17 @@ def test_composite_equals_summing_interpolated_values_with_gradients() -> None:
     assert cells < 0.5 * points.shape[0]  # the case it is for: several points per cell
 
 
+def test_composite_of_no_points_is_zero_with_zero_gradients() -> None:
+    """A batch where no sample shows (every weight under the colour threshold) composites nothing, and backs up."""
+    box = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    grid = torch.randn(4, 5, 6, 3, requires_grad=True)
+    coefficients = torch.zeros(0, requires_grad=True)
+    merged = grids.composite(grid, torch.zeros(0, 3), coefficients, torch.zeros(0, dtype=torch.long), 7, box)
+    assert merged.shape == (7, 3) and (merged == 0).all()
+    merged.sum().backward()
+    assert (grid.grad == 0).all() and coefficients.grad.shape == (0,)
+
+
 def test_grid_shape_keeps_voxels_near_cubic() -> None:
     shape = grids.grid_shape_for_box(AABB, 64)
     assert shape == (48, 64, 32)  # (D, H, W) = (z, y, x) for extents (2, 4, 3)
