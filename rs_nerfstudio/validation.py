@@ -117,8 +117,23 @@ def check_grid_fits(config: "TrainerConfig") -> None:
         )
 
 
+def check_empty_space_threshold(config: "TrainerConfig") -> None:
+    """Refuse an empty-space threshold at or above the starting fog's occupancy: the march would skip every voxel from
+    the first step on, no sample would reach the grids, and training would learn nothing (a blank model, no error)."""
+    model = config.pipeline.model
+    threshold = model.empty_space_threshold
+    fog = 1.0 / (1.0 + math.exp(-model.initial_steepness * (model.initial_occupancy - 0.5)))
+    if not threshold < fog < 1.0 - threshold:
+        raise InputError(
+            f"--pipeline.model.empty-space-threshold {threshold:g} leaves nothing to march: the starting fog's "
+            f"occupancy G is {fog:.4g} (--pipeline.model.initial-occupancy {model.initial_occupancy:g}, "
+            f"--pipeline.model.initial-steepness {model.initial_steepness:g}), and only voxels with G between the "
+            f"threshold and 1 minus it are marched; use a threshold below {min(fog, 1.0 - fog):.4g}"
+        )
+
+
 def check_training_inputs(config: "TrainerConfig") -> None:
-    """All checks for ``ns-train rs-sdf``: the data, then the memory the grids will take."""
+    """All checks for ``ns-train rs-sdf``: the data, the memory the grids will take, the empty-space threshold."""
     from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 
     datamanager = config.pipeline.datamanager
@@ -129,3 +144,4 @@ def check_training_inputs(config: "TrainerConfig") -> None:
     else:
         check_generic_dataparser(config)
     check_grid_fits(config)
+    check_empty_space_threshold(config)

@@ -74,6 +74,13 @@ def test_grid_too_large_for_memory(scene_copy: Path) -> None:
     assert "--pipeline.model.grid-resolution" in message and "GiB" in message
 
 
+def test_empty_space_threshold_above_the_starting_fog(scene_copy: Path) -> None:
+    """At 1e-2 the march skipped every voxel of Lego's starting fog (G = 0.0025): 300 s of training stayed at 9.6 dB."""
+    message = check(scene_copy, empty_space_threshold=1e-2)
+    assert "--pipeline.model.empty-space-threshold 0.01" in message and "0.002473" in message
+    check_training_inputs(config_for(scene_copy, empty_space_threshold=1e-2, initial_occupancy=0.4))  # G = 0.047
+
+
 def test_ns_train_reports_one_line_and_writes_nothing(scene_copy: Path, tmp_path: Path) -> None:
     (scene_copy / "train" / "r_0.png").unlink()
     output = tmp_path / "outputs"
