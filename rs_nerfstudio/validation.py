@@ -120,9 +120,13 @@ def check_grid_fits(config: "TrainerConfig") -> None:
 def check_empty_space_threshold(config: "TrainerConfig") -> None:
     """Refuse an empty-space threshold at or above the starting fog's occupancy: the march would skip every voxel from
     the first step on, no sample would reach the grids, and training would learn nothing (a blank model, no error)."""
+    import torch
+
+    from rs_nerfstudio.sdf import occupancy
+
     model = config.pipeline.model
     threshold = model.empty_space_threshold
-    fog = 1.0 / (1.0 + math.exp(-model.initial_steepness * (model.initial_occupancy - 0.5)))
+    fog = float(occupancy(torch.tensor(model.initial_occupancy, dtype=torch.float64), model.initial_steepness))
     if not threshold < fog < 1.0 - threshold:
         raise InputError(
             f"--pipeline.model.empty-space-threshold {threshold:g} leaves nothing to march: the starting fog's "
