@@ -11,8 +11,9 @@ nerfstudio's public API: the method's config from ``all_methods``, ``TrainerConf
   of training have passed;
 - at each ``--marks`` time it pauses, renders a fixed random set of ``--curve-pixels`` test pixels, as many from
   each test view, records their PSNR (the mean of the views' PSNRs, as the final scoring averages whole views; the
-  PSNR of their pooled squared error beside it), and resumes; the time to 20/25/30 dB is the first mark at or above
-  that PSNR, so it is exact to the spacing of the marks;
+  PSNR of their pooled squared error beside it), the same for ``--train-curve-pixels`` pixels of 8 training views
+  (how well the model fits its images: a gap to the test probe is over-fitting), and resumes; the time to 20/25/30 dB
+  is the first mark at or above the test probe's PSNR, so it is exact to the spacing of the marks;
 - after training, every test view is rendered whole and scored: PSNR and SSIM (averaged over views, as ``ns-eval``
   does) and LPIPS only when torchvision's AlexNet weights are already on disk.
 
@@ -141,10 +142,10 @@ class CurveProbe:
     targets: list
 
     @classmethod
-    def build(cls, datamanager, num_pixels: int, seed: int = 0) -> "CurveProbe":
+    def build(cls, views: list, num_pixels: int, seed: int = 0) -> "CurveProbe":
+        """From ``(camera, batch)`` pairs, as nerfstudio's eval data loaders yield them (see :func:`test_views`)."""
         import torch
 
-        views = list(datamanager.fixed_indices_eval_dataloader)
         generator = torch.Generator().manual_seed(seed)
         per_view = max(1, num_pixels // len(views))
         cameras, coords, targets = [], [], []
@@ -174,6 +175,22 @@ class CurveProbe:
         }
 
 
+def test_views(datamanager) -> list:
+    """Every test view, as ``(camera, batch)``."""
+    return list(datamanager.fixed_indices_eval_dataloader)
+
+
+def train_views(datamanager, count: int = 8) -> list:
+    """``count`` training views spread evenly over the split, as ``(camera, batch)``: the images the model fits, for
+    the training-pixel probe. A gap between it and the test probe is over-fitting; no gap and a low PSNR, a model
+    that cannot fit the images at all."""
+    dataset = datamanager.train_dataset
+    total = len(dataset)
+    count = min(count, total)
+    indices = [round(k * total / count) for k in range(count)]
+    return [(dataset.cameras[i : i + 1].to(datamanager.device), dataset[i]) for i in indices]
+
+
 def psnr_from_mse(mse: float) -> float:
     return -10.0 * math.log10(max(mse, 1e-12))
 
@@ -186,6 +203,8 @@ class BudgetClock:
     budget: float
     marks: Sequence[float]
     probe: Optional[CurveProbe]
+    train_probe: Optional[CurveProbe] = None
+    """The same kind of probe on training views: the fit to the images, beside the test probe's generalisation."""
     start: Optional[float] = None
     paused: float = 0.0
     steps: int = 0
@@ -216,13 +235,17 @@ class BudgetClock:
         pipeline = self.trainer.pipeline  # type: ignore[attr-defined]
         pipeline.eval()
         scores = self.probe.scores(pipeline.model)  # type: ignore[union-attr]
+        train_note = ""
+        if self.train_probe is not None:
+            scores["train_psnr"] = self.train_probe.scores(pipeline.model)["psnr"]
+            train_note = f", training pixels {scores['train_psnr']:6.2f}"
         pipeline.train()
         probe_seconds = time.perf_counter() - paused_at
         self.paused += probe_seconds
         self.curve.append({"seconds": elapsed, "steps": self.steps, **scores, "probe_seconds": probe_seconds})
         print(
             f"[harness] {elapsed:7.1f} s  step {self.steps:6d}  probe PSNR {scores['psnr']:6.2f} dB "
-            f"(pooled {scores['psnr_pooled']:6.2f})",
+            f"(pooled {scores['psnr_pooled']:6.2f}{train_note})",
             flush=True,
         )
 
@@ -303,8 +326,13 @@ def run_method(args: argparse.Namespace) -> Dict:
                 "nerfstudio builds tcnn modules for it with no torch fallback"
             ) from error
         raise
-    probe = CurveProbe.build(trainer.pipeline.datamanager, args.curve_pixels)
-    clock = BudgetClock(trainer, args.budget, [m for m in args.marks if m <= args.budget], probe)
+    datamanager = trainer.pipeline.datamanager
+    probe = CurveProbe.build(test_views(datamanager), args.curve_pixels)
+    train_probe = None
+    if args.train_curve_pixels > 0:
+        train_probe = CurveProbe.build(train_views(datamanager), args.train_curve_pixels, seed=1)
+    marks = [m for m in args.marks if m <= args.budget]
+    clock = BudgetClock(trainer, args.budget, marks, probe, train_probe)
     trainer.callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], clock.after_step))
     trainer.train()
     train_seconds = clock.elapsed()
@@ -350,7 +378,8 @@ def launch(method: str, args: argparse.Namespace, out: Path) -> Dict:
     command = [
         sys.executable, __file__, "--worker", "--method", method, "--data", str(args.data),
         "--budget", str(args.budget), "--rays-per-batch", str(args.rays_per_batch), "--device", args.device,
-        "--curve-pixels", str(args.curve_pixels), "--output-dir", str(method_dir),
+        "--curve-pixels", str(args.curve_pixels), "--train-curve-pixels", str(args.train_curve_pixels),
+        "--output-dir", str(method_dir),
         *([f"--rs-sdf-args={args.rs_sdf_args}"] if args.rs_sdf_args else []),
         *(["--score-views", str(args.score_views)] if args.score_views else []),
         "--marks", *[str(m) for m in args.marks],
@@ -413,6 +442,13 @@ def markdown_table(results: List[Dict], args: argparse.Namespace) -> str:
             lines.append(f"- Time to 25 dB: rs-sdf {ours_25:.0f} s; no peer reached 25 dB in {args.budget:g} s.")
         elif ours_25 is not None:
             lines.append(f"- Time to 25 dB: rs-sdf {ours_25:.0f} s (no other method finished in this run).")
+    fits = [
+        f"{method} {r['curve'][-1]['train_psnr']:.2f} / {r['curve'][-1]['psnr']:.2f} dB"
+        for method, r in ok.items()
+        if r["curve"] and "train_psnr" in r["curve"][-1]
+    ]
+    if fits:
+        lines.append(f"- The probe at the end, training pixels / test pixels: {', '.join(fits)}.")
     lines += [
         "",
         "Times to a PSNR are the first probe mark at or above it (marks at "
@@ -465,6 +501,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--marks", type=float, nargs="+", default=list(DEFAULT_MARKS), help="probe times (s)")
     parser.add_argument("--curve-pixels", type=int, default=32768, help="test pixels in the PSNR probe")
+    parser.add_argument("--train-curve-pixels", type=int, default=8192,
+                        help="training pixels (from 8 training views) probed beside the test pixels at each mark, "
+                        "to tell over-fitting from under-fitting (0: none)")
     parser.add_argument("--score-views", type=int, default=None,
                         help="score only the first N test views (smoke tests; default: all)")
     parser.add_argument("--output-dir", type=Path, default=None, help="default: outputs/benchmark/<time>")
