@@ -58,7 +58,7 @@ def main() -> None:
     if args.save is not None and not args.save.parent.is_dir():
         sys.exit(f"--save {args.save}: no folder {args.save.parent}")
     sys.path.insert(0, str(Path(__file__).parent))
-    from compare_methods import CurveProbe, test_views
+    from compare_methods import CurveProbe, eval_split_views
     from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
     from nerfstudio.engine.optimizers import Optimizers
 
@@ -71,7 +71,7 @@ def main() -> None:
     optimizers = Optimizers(config.optimizers, pipeline.get_param_groups())
     attributes = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipeline, trainer=None)
     callbacks = model.get_training_callbacks(attributes)
-    probe = CurveProbe.build(test_views(pipeline.datamanager), args.probe_pixels, seed=args.seed)
+    probe = CurveProbe.build(eval_split_views(pipeline.datamanager), args.probe_pixels, seed=args.seed)
     decay_seconds = args.decay_seconds or args.seconds
     marks = [mark for mark in MARKS if mark < args.seconds] + [args.seconds]
     elapsed, step, train_psnr = 0.0, 0, []

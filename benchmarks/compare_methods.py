@@ -143,7 +143,7 @@ class CurveProbe:
 
     @classmethod
     def build(cls, views: list, num_pixels: int, seed: int = 0) -> "CurveProbe":
-        """From ``(camera, batch)`` pairs, as nerfstudio's eval data loaders yield them (see :func:`test_views`)."""
+        """From ``(camera, batch)`` pairs, as nerfstudio's eval loaders yield them: see :func:`eval_split_views`."""
         import torch
 
         generator = torch.Generator().manual_seed(seed)
@@ -175,12 +175,12 @@ class CurveProbe:
         }
 
 
-def test_views(datamanager) -> list:
+def eval_split_views(datamanager) -> list:
     """Every test view, as ``(camera, batch)``."""
     return list(datamanager.fixed_indices_eval_dataloader)
 
 
-def train_views(datamanager, count: int = 8) -> list:
+def train_split_views(datamanager, count: int = 8) -> list:
     """``count`` training views spread evenly over the split, as ``(camera, batch)``: the images the model fits, for
     the training-pixel probe. A gap between it and the test probe is over-fitting; no gap and a low PSNR, a model
     that cannot fit the images at all."""
@@ -327,10 +327,10 @@ def run_method(args: argparse.Namespace) -> Dict:
             ) from error
         raise
     datamanager = trainer.pipeline.datamanager
-    probe = CurveProbe.build(test_views(datamanager), args.curve_pixels)
+    probe = CurveProbe.build(eval_split_views(datamanager), args.curve_pixels)
     train_probe = None
     if args.train_curve_pixels > 0:
-        train_probe = CurveProbe.build(train_views(datamanager), args.train_curve_pixels, seed=1)
+        train_probe = CurveProbe.build(train_split_views(datamanager), args.train_curve_pixels, seed=1)
     marks = [m for m in args.marks if m <= args.budget]
     clock = BudgetClock(trainer, args.budget, marks, probe, train_probe)
     trainer.callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], clock.after_step))

@@ -13,7 +13,7 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from compare_methods import train_views  # noqa: E402
+from compare_methods import train_split_views  # noqa: E402
 
 
 class _Cameras:
@@ -47,12 +47,12 @@ class _DataManager:
         self.device = "cpu"
 
 
-def test_train_views_spread_over_the_split() -> None:
-    views = train_views(_DataManager(79), count=8)
+def test_train_split_views_spread_over_the_split() -> None:
+    views = train_split_views(_DataManager(79), count=8)
     indices = [batch["image_idx"] for _, batch in views]
     assert indices == [0, 10, 20, 30, 40, 49, 59, 69]
     assert [camera.index.tolist() for camera, _ in views] == [[i] for i in indices]  # each its own camera
-    assert [batch["image_idx"] for _, batch in train_views(_DataManager(3), count=8)] == [0, 1, 2]
+    assert [batch["image_idx"] for _, batch in train_split_views(_DataManager(3), count=8)] == [0, 1, 2]
 
 
 def test_harness_records_both_probes(tiny_scene: Path, tmp_path: Path) -> None:
