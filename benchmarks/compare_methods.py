@@ -184,11 +184,13 @@ def train_split_views(datamanager, count: int = 8) -> list:
     """``count`` training views spread evenly over the split, as ``(camera, batch)``: the images the model fits, for
     the training-pixel probe. A gap between it and the test probe is over-fitting; no gap and a low PSNR, a model
     that cannot fit the images at all."""
+    from nerfstudio.data.utils.dataloaders import FixedIndicesEvalDataloader
+
     dataset = datamanager.train_dataset
     total = len(dataset)
     count = min(count, total)
     indices = [round(k * total / count) for k in range(count)]
-    return [(dataset.cameras[i : i + 1].to(datamanager.device), dataset[i]) for i in indices]
+    return list(FixedIndicesEvalDataloader(dataset, image_indices=indices, device=datamanager.device))
 
 
 def psnr_from_mse(mse: float) -> float:
