@@ -4,9 +4,12 @@
 #
 #   bash benchmarks/gpu_session.sh prepare [DATA]   # here: wheels for Python 3.12 and the scene into .dev/ (~62 MiB)
 #   bash benchmarks/gpu_session.sh run [BUDGET]      # there, with .dev carried: rs-sdf, then instant-ngp in the time left
+#   bash benchmarks/gpu_session.sh variants BUDGET "FLAGS A" "FLAGS B" ...  # there: rs-sdf variants side by side
 #
 # `run` writes its logs and results to $OUT (or ./gpu_out). Extra rs-sdf flags: RS_SDF_ARGS="..."; rs-sdf's rays per
-# batch: RS_SDF_RAYS (8192).
+# batch: RS_SDF_RAYS (8192). `variants` trains one rs-sdf per FLAGS at once on the one GPU, each with 4 CPU threads: a
+# step is bound by launches, not by the GPU's work, so a session's device time compares several settings on one clock
+# (each variant's step count says how much they slowed one another). Its results go to $OUT/variant_N_*.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 BUNDLE=.dev
@@ -29,17 +32,22 @@ prepare() {
     du -sh "$BUNDLE"
 }
 
-run() {
-    local budget=${1:-300} out=${OUT:-gpu_out} start
-    start=$(date +%s)
-    mkdir -p "$out"
+install() {
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 NERFSTUDIO_METHOD_CONFIGS="rs-sdf=rs_nerfstudio.method:rs_sdf"
+    if python3 -c "import nerfstudio" 2>/dev/null; then return; fi  # (a machine that has it, this one's venv say)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$BUNDLE"/whl/*.whl \
         || exit 1
-    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 NERFSTUDIO_METHOD_CONFIGS="rs-sdf=rs_nerfstudio.method:rs_sdf"
     nvidia-smi -L
     # nerfacc 0.5.2 predates CUDA 13's CUB, which dropped cub::Equality: use the libcu++ functor that replaced it.
     sed -i 's/cub::Equality()/cuda::std::equal_to<>()/g; s|#include <cub/cub.cuh>|&\n#include <cuda/std/functional>|' \
         /tmp/site/nerfacc/cuda/csrc/scan.cu
+}
+
+run() {
+    local budget=${1:-300} out=${OUT:-gpu_out} start
+    start=$(date +%s)
+    mkdir -p "$out"
+    install
     # instant-ngp needs nerfacc's CUDA extension: build it meanwhile, niced, on 6 cores
     (MAX_JOBS=6 nice -n 19 python3 -c "from nerfacc.cuda import _backend as b; print('nerfacc built:', b._C is not None)" \
         >"$out/nerfacc.txt" 2>&1 &)
@@ -56,8 +64,33 @@ run() {
     echo "elapsed $(($(date +%s) - start)) s"
 }
 
+variants() {
+    local budget=$1 out=${OUT:-gpu_out} start n=0
+    shift
+    start=$(date +%s)
+    mkdir -p "$out"
+    install
+    for flags in "$@"; do
+        n=$((n + 1))
+        echo "variant $n: $flags" | tee "$out/variant_${n}_flags.txt"
+        OMP_NUM_THREADS=4 python3 benchmarks/compare_methods.py --data "$BUNDLE/scene" --budget "$budget" \
+            --methods rs-sdf --rays-per-batch "${RS_SDF_RAYS:-16384}" --marks 30 60 90 120 180 240 300 \
+            --output-dir "/tmp/variant_$n" --rs-sdf-args="--pipeline.model.eval-num-rays-per-chunk 65536 $flags" \
+            >"$out/variant_${n}_stdout.txt" 2>&1 &
+    done
+    wait
+    for ((i = 1; i <= n; i++)); do
+        cp "/tmp/variant_$i/results.json" "$out/variant_${i}_results.json"
+        cp "/tmp/variant_$i/rs-sdf/log.txt" "$out/variant_${i}_log.txt"
+    done
+    echo "elapsed $(($(date +%s) - start)) s"
+}
+
 case "${1:-}" in
     prepare) prepare "${2:-}" ;;
     run) run "${2:-}" ;;
-    *) echo "usage: bash benchmarks/gpu_session.sh prepare [DATA] | run [BUDGET]" >&2; exit 2 ;;
+    variants) [ $# -ge 3 ] || { echo "usage: bash benchmarks/gpu_session.sh variants BUDGET FLAGS..." >&2; exit 2; }
+        shift; variants "$@" ;;
+    *) echo "usage: bash benchmarks/gpu_session.sh prepare [DATA] | run [BUDGET] | variants BUDGET FLAGS..." >&2
+        exit 2 ;;
 esac
