@@ -65,23 +65,24 @@ run() {
 }
 
 variants() {
-    local budget=$1 out=${OUT:-gpu_out} start n=0
+    local budget=$1 out=${OUT:-gpu_out} start n=0 runs
     shift
     start=$(date +%s)
     mkdir -p "$out"
+    runs=$(mktemp -d /tmp/variants.XXXX)  # a fresh folder: a warm machine keeps the last call's
     install
     for flags in "$@"; do
         n=$((n + 1))
         echo "variant $n: $flags" | tee "$out/variant_${n}_flags.txt"
         OMP_NUM_THREADS=4 python3 benchmarks/compare_methods.py --data "$BUNDLE/scene" --budget "$budget" \
             --methods rs-sdf --rays-per-batch "${RS_SDF_RAYS:-16384}" --marks 30 60 90 120 180 240 300 \
-            --output-dir "/tmp/variant_$n" --rs-sdf-args="--pipeline.model.eval-num-rays-per-chunk 65536 $flags" \
+            --output-dir "$runs/$n" --rs-sdf-args="--pipeline.model.eval-num-rays-per-chunk 65536 $flags" \
             >"$out/variant_${n}_stdout.txt" 2>&1 &
     done
     wait
     for ((i = 1; i <= n; i++)); do
-        cp "/tmp/variant_$i/results.json" "$out/variant_${i}_results.json"
-        cp "/tmp/variant_$i/rs-sdf/log.txt" "$out/variant_${i}_log.txt"
+        cp "$runs/$i/results.json" "$out/variant_${i}_results.json"
+        cp "$runs/$i/rs-sdf/log.txt" "$out/variant_${i}_log.txt"
     done
     echo "elapsed $(($(date +%s) - start)) s"
 }
