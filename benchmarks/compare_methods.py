@@ -499,7 +499,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=600.0, help="seconds of training per method")
     parser.add_argument("--methods", nargs="+", default=None,
                         help=f"default: {' '.join(CPU_METHODS)} (+ {' '.join(CUDA_ONLY_METHODS)} with CUDA)")
-    parser.add_argument("--rays-per-batch", type=int, default=4096, help="the same for every ray-based method")
+    parser.add_argument("--rays-per-batch", type=int, default=8192,
+                        help="the same for every ray-based method (rs-sdf's default)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--marks", type=float, nargs="+", default=list(DEFAULT_MARKS), help="probe times (s)")
     parser.add_argument("--curve-pixels", type=int, default=32768, help="test pixels in the PSNR probe")

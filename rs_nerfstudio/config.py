@@ -43,7 +43,10 @@ def rs_sdf_trainer_config(max_steps: int = DEFAULT_MAX_STEPS) -> RSSDFTrainerCon
         pipeline=VanillaPipelineConfig(
             datamanager=VanillaDataManagerConfig(
                 dataparser=BlenderDataParserConfig(),
-                train_num_rays_per_batch=4096,
+                # Lego 200 px, benchmarks/ablate.py, 300 s, two runs each: 8192 rays read 31.66 / 31.32 dB at 180 s and
+                # 31.94 / 31.80 at 300 s, against 31.27 / 31.08 and 31.49 / 31.42 at 4096, for ~1.5x the time per step;
+                # 16384 (~2.9x the time per step) read 30.82 and 31.32.
+                train_num_rays_per_batch=8192,
                 eval_num_rays_per_batch=4096,
             ),
             model=RSSDFModelConfig(eval_num_rays_per_chunk=1 << 13),
