@@ -7,9 +7,10 @@
 #   bash benchmarks/gpu_session.sh variants BUDGET "FLAGS A" "FLAGS B" ...  # there: rs-sdf variants side by side
 #
 # `run` writes its logs and results to $OUT (or ./gpu_out). Extra rs-sdf flags: RS_SDF_ARGS="..."; rs-sdf's rays per
-# batch: RS_SDF_RAYS (8192). `variants` trains one rs-sdf per FLAGS at once on the one GPU, each with 4 CPU threads: a
-# step is bound by launches, not by the GPU's work, so a session's device time compares several settings on one clock
-# (each variant's step count says how much they slowed one another). Its results go to $OUT/variant_N_*.
+# batch: RS_SDF_RAYS (8192; 16384 for `variants`). `variants` trains one rs-sdf per FLAGS at once on the one GPU,
+# each with 4 CPU threads: a step is bound by launches, not by the GPU's work, so a session's device time compares
+# several settings on one clock (each variant's step count says how much they slowed one another). Each variant's
+# results and log go to $OUT/variant_N_results.json and $OUT/variant_N_log.txt, and its table row to the console.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 BUNDLE=.dev
@@ -34,7 +35,7 @@ prepare() {
 
 install() {
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 NERFSTUDIO_METHOD_CONFIGS="rs-sdf=rs_nerfstudio.method:rs_sdf"
-    if python3 -c "import nerfstudio" 2>/dev/null; then return; fi  # (a machine that has it, this one's venv say)
+    if python3 -c "import nerfstudio" 2>/dev/null; then return; fi  # already there (a venv on PATH): nothing to install
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$BUNDLE"/whl/*.whl \
         || exit 1
     nvidia-smi -L
@@ -65,7 +66,7 @@ run() {
 }
 
 variants() {
-    local budget=$1 out=${OUT:-gpu_out} start n=0 runs
+    local budget=$1 out=${OUT:-gpu_out} start n=0 runs status=0 flags
     shift
     start=$(date +%s)
     mkdir -p "$out"
@@ -73,25 +74,32 @@ variants() {
     install
     for flags in "$@"; do
         n=$((n + 1))
-        echo "variant $n: $flags" | tee "$out/variant_${n}_flags.txt"
+        echo "variant $n: $flags"
         OMP_NUM_THREADS=4 python3 benchmarks/compare_methods.py --data "$BUNDLE/scene" --budget "$budget" \
             --methods rs-sdf --rays-per-batch "${RS_SDF_RAYS:-16384}" --marks 30 60 90 120 180 240 300 \
             --output-dir "$runs/$n" --rs-sdf-args="--pipeline.model.eval-num-rays-per-chunk 65536 $flags" \
-            >"$out/variant_${n}_stdout.txt" 2>&1 &
+            >"$runs/$n.stdout" 2>&1 &
     done
     wait
-    for ((i = 1; i <= n; i++)); do
-        cp "$runs/$i/results.json" "$out/variant_${i}_results.json"
-        cp "$runs/$i/rs-sdf/log.txt" "$out/variant_${i}_log.txt"
+    # two files per variant (the device tool brings back 8 files): the results, and one log with the flags first
+    n=0
+    for flags in "$@"; do
+        n=$((n + 1))
+        { echo "variant $n: $flags"; cat "$runs/$n.stdout" "$runs/$n/rs-sdf/log.txt" 2>/dev/null; } \
+            >"$out/variant_${n}_log.txt"
+        cp "$runs/$n/results.json" "$out/variant_${n}_results.json" 2>/dev/null \
+            || { echo "variant $n: no results; see variant_${n}_log.txt" >&2; status=1; }
+        grep -h -m1 "^| rs-sdf" "$runs/$n/results.md" 2>/dev/null | sed "s/^/variant $n: /"
     done
     echo "elapsed $(($(date +%s) - start)) s"
+    return $status
 }
 
 case "${1:-}" in
     prepare) prepare "${2:-}" ;;
     run) run "${2:-}" ;;
     variants) [ $# -ge 3 ] || { echo "usage: bash benchmarks/gpu_session.sh variants BUDGET FLAGS..." >&2; exit 2; }
-        shift; variants "$@" ;;
+        shift; variants "$@"; exit $? ;;
     *) echo "usage: bash benchmarks/gpu_session.sh prepare [DATA] | run [BUDGET] | variants BUDGET FLAGS..." >&2
         exit 2 ;;
 esac
