@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -13,7 +14,7 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from compare_methods import train_split_views  # noqa: E402
+from compare_methods import stop_child_processes, train_split_views  # noqa: E402
 
 
 class _Cameras:
@@ -81,3 +82,18 @@ def test_harness_records_both_probes(tiny_scene: Path, tmp_path: Path) -> None:
     table = (out / "results.md").read_text()
     assert f"rs-sdf {last['train_psnr']:.2f} / {last['psnr']:.2f} dB" in table
     assert (out / "psnr_vs_time.png").stat().st_size > 0
+
+
+def test_stop_child_processes_ends_what_the_worker_started() -> None:
+    # One child ends on SIGTERM; the other ignores it, as a busy data loader may, and must be killed after the grace.
+    ignores_term = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(60)"
+    )
+    stubborn = subprocess.Popen([sys.executable, "-c", ignores_term], stdout=subprocess.PIPE)
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stubborn.stdout.readline()  # its handler is set
+    started = time.perf_counter()
+    stop_child_processes(timeout=1.0)
+    for child in (stubborn, polite):
+        child.wait(timeout=5)  # raises if it still runs (psutil may have reaped it already: then it returns at once)
+    assert time.perf_counter() - started < 10
