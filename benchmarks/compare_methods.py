@@ -499,8 +499,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=600.0, help="seconds of training per method")
     parser.add_argument("--methods", nargs="+", default=None,
                         help=f"default: {' '.join(CPU_METHODS)} (+ {' '.join(CUDA_ONLY_METHODS)} with CUDA)")
-    parser.add_argument("--rays-per-batch", type=int, default=8192,
-                        help="the same for every ray-based method (rs-sdf's default)")
+    parser.add_argument("--rays-per-batch", type=int, default=None,
+                        help="the same for every ray-based method (default: rs-sdf's own, 8192)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--marks", type=float, nargs="+", default=list(DEFAULT_MARKS), help="probe times (s)")
     parser.add_argument("--curve-pixels", type=int, default=32768, help="test pixels in the PSNR probe")
@@ -562,6 +562,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         args.methods = CPU_METHODS + (CUDA_ONLY_METHODS if args.device == "cuda" else [])
     from nerfstudio.configs.method_configs import all_methods
 
+    if args.rays_per_batch is None:  # rs-sdf's own default, given to every method
+        from rs_nerfstudio.config import rs_sdf_trainer_config
+
+        args.rays_per_batch = rs_sdf_trainer_config().pipeline.datamanager.train_num_rays_per_batch
     unknown = [m for m in args.methods if m not in all_methods]
     if unknown:
         sys.exit(f"error: --methods: unknown to nerfstudio: {', '.join(unknown)}")
