@@ -11,12 +11,20 @@ views. The clock counts training iterations only; the learning rates decay over 
 harness's probe, seeded, so every run sees the same pixels). ``--save FILE`` keeps the trained model's
 ``state_dict``, to look at where its error is. Runs on one machine drift by ~10% in speed, and three runs of the
 same settings differ by ~0.4 dB at 300 s: compare variants run one after another, and more than once.
+
+Three more options ask where the gap between the training and the test pixels comes from:
+
+    python benchmarks/ablate.py --with-test-views --save all.pt      # the test views trained on too (an oracle)
+    python benchmarks/ablate.py --load all.pt --freeze-geometry --reset-colour
+                                # that geometry, colour trained anew on the training views alone
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +43,26 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--probe-pixels", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", type=Path, default=None, help="write the trained model's state_dict here at the end")
+    parser.add_argument("--load", type=Path, default=None, help="start from a state_dict that --save wrote")
+    parser.add_argument("--freeze-geometry", action="store_true",
+                        help="train colour alone: the geometry grid stays as it starts (or as --load has it), unfilled")
+    parser.add_argument("--reset-colour", action="store_true", help="colour grid and MLP start afresh, after --load")
+    parser.add_argument("--with-test-views", action="store_true",
+                        help="train on the test views too (an oracle); the probe's pixels are among them")
     return parser.parse_args()
+
+
+def with_test_views(data: Path, folder: Path) -> Path:
+    """A Blender scene in ``folder`` whose training split is ``data``'s training and test frames: links to ``data``'s
+    files, and a ``transforms_train.json`` of its own. Nothing is copied or written in ``data``."""
+    for entry in data.iterdir():
+        if entry.name != "transforms_train.json":
+            (folder / entry.name).symlink_to(entry.resolve())
+    transforms = json.loads((data / "transforms_train.json").read_text())
+    test = json.loads((data / "transforms_test.json").read_text())
+    transforms["frames"] = transforms["frames"] + test["frames"]
+    (folder / "transforms_train.json").write_text(json.dumps(transforms))
+    return folder
 
 
 def configure(args: argparse.Namespace):
@@ -46,6 +73,9 @@ def configure(args: argparse.Namespace):
 
     config = with_ns_train_flags(rs_sdf_trainer_config(), args.ns_train_args)
     config.pipeline.datamanager.data = args.data
+    if args.freeze_geometry:
+        config.optimizers.pop("geometry")
+        config.pipeline.model.fill_every = 0  # the fills would write into the frozen grid
     return config
 
 
@@ -57,6 +87,19 @@ def main() -> None:
         sys.exit(f"--save {args.save}: already exists, not overwritten")
     if args.save is not None and not args.save.parent.is_dir():
         sys.exit(f"--save {args.save}: no folder {args.save.parent}")
+    if args.load is not None and not args.load.is_file():
+        sys.exit(f"--load {args.load}: no such file")
+    if args.with_test_views:
+        if not (args.data / "transforms_test.json").is_file():
+            sys.exit(f"--with-test-views: {args.data / 'transforms_test.json'} not found")
+        with tempfile.TemporaryDirectory(prefix="rs-sdf-ablate-") as folder:
+            args.data = with_test_views(args.data, Path(folder))
+            train(args)
+    else:
+        train(args)
+
+
+def train(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from compare_methods import CurveProbe, eval_split_views
     from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
@@ -68,7 +111,14 @@ def main() -> None:
     torch.manual_seed(args.seed)
     pipeline = config.pipeline.setup(device="cpu", test_mode="test")
     model = pipeline.model
-    optimizers = Optimizers(config.optimizers, pipeline.get_param_groups())
+    if args.load is not None:
+        model.load_state_dict(torch.load(args.load, map_location="cpu", weights_only=True))
+    if args.reset_colour:
+        model.field.reset_appearance()
+    if args.freeze_geometry:
+        model.field.base_logits.requires_grad_(False)
+    groups = {name: group for name, group in pipeline.get_param_groups().items() if name in config.optimizers}
+    optimizers = Optimizers(config.optimizers, groups)
     attributes = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipeline, trainer=None)
     callbacks = model.get_training_callbacks(attributes)
     probe = CurveProbe.build(eval_split_views(pipeline.datamanager), args.probe_pixels, seed=args.seed)

@@ -150,3 +150,16 @@ def test_a_fitted_checkpoint_loads_into_a_new_field_and_its_optimizer() -> None:
     assert optimizer.param_groups[0]["params"][0] is fresh.base_logits  # still the optimizer's parameter
     fresh.smoothed_occupancy_grid().sum().backward()
     optimizer.step()  # shapes agree: the optimizer trains the loaded grid
+
+
+def test_reset_appearance_starts_colour_over_and_keeps_the_geometry() -> None:
+    field = ball_field()
+    with torch.no_grad():
+        field.features.fill_(3.0)
+        for parameter in field.colour_mlp.parameters():
+            parameter.fill_(1.0)
+    logits = field.base_logits.detach().clone()
+    field.reset_appearance()
+    torch.testing.assert_close(field.base_logits.detach(), logits)
+    assert 0.08 < float(field.features.std()) < 0.12 and float(field.features.mean().abs()) < 0.02
+    assert all(not torch.all(parameter == 1.0) for parameter in field.colour_mlp.parameters())
