@@ -65,6 +65,16 @@ def with_test_views(data: Path, folder: Path) -> Path:
     return folder
 
 
+def keep_geometry_only(state: dict, model_state: dict) -> dict:
+    """``state`` with the colour MLP's weights of ``model_state`` and colour features of the model's width, on the
+    saved grid's voxels (the box is the saved one); the colour values are to be re-initialised."""
+    state = {name: value for name, value in state.items() if not name.startswith("field.colour_mlp.")}
+    state.update({name: value for name, value in model_state.items() if name.startswith("field.colour_mlp.")})
+    features = state["field.features"]
+    state["field.features"] = features.new_zeros(*features.shape[:3], model_state["field.features"].shape[-1])
+    return state
+
+
 def configure(args: argparse.Namespace):
     """rs-sdf's defaults with ``--ns-train-args`` applied, as the harness applies its ``--rs-sdf-args``."""
     from compare_methods import with_ns_train_flags
@@ -112,7 +122,10 @@ def train(args: argparse.Namespace) -> None:
     pipeline = config.pipeline.setup(device="cpu", test_mode="test")
     model = pipeline.model
     if args.load is not None:
-        model.load_state_dict(torch.load(args.load, map_location="cpu", weights_only=True))
+        state = torch.load(args.load, map_location="cpu", weights_only=True)
+        if args.reset_colour:  # only the geometry is kept, so the colour may differ in shape (other --ns-train-args)
+            state = keep_geometry_only(state, model.state_dict())
+        model.load_state_dict(state)
     if args.reset_colour:
         model.field.reset_appearance()
     if args.freeze_geometry:
