@@ -12,7 +12,7 @@ harness's probe, seeded, so every run sees the same pixels). ``--save FILE`` kee
 ``state_dict``, to look at where its error is. Runs on one machine drift by ~10% in speed, and three runs of the
 same settings differ by ~0.4 dB at 300 s: compare variants run one after another, and more than once.
 
-Three more options ask where the gap between the training and the test pixels comes from:
+More options ask where the gap between the training and the test pixels comes from:
 
     python benchmarks/ablate.py --with-test-views --save all.pt      # the test views trained on too (an oracle)
     python benchmarks/ablate.py --load all.pt --freeze-geometry --reset-colour

@@ -78,7 +78,8 @@ class RSSDFField(Field):
         self.base_logits = nn.Parameter(torch.full(self.grid_shape, init_logit))
 
         self.appearance_shape = grids.grid_shape_for_box(self.aabb, max(2, round(appearance_resolution * initial_scale)))
-        self.features = nn.Parameter(FEATURE_STD * torch.randn(*self.appearance_shape, appearance_dim))
+        features = FEATURE_STD * torch.randn(*self.appearance_shape, appearance_dim)
+        self.features = nn.Parameter(features)
         self.sh_levels = sh_levels
         self.colour_mlp = nn.Sequential(
             nn.Linear(appearance_dim + sh_levels**2, hidden_dim),
