@@ -100,8 +100,9 @@ def main() -> None:
     if args.load is not None and not args.load.is_file():
         sys.exit(f"--load {args.load}: no such file")
     if args.with_test_views:
-        if not (args.data / "transforms_test.json").is_file():
-            sys.exit(f"--with-test-views: {args.data / 'transforms_test.json'} not found")
+        from rs_nerfstudio.validation import check_blender_folder
+
+        check_blender_folder(args.data, splits=("train", "test"))  # the splits joined: one line naming a bad file
         with tempfile.TemporaryDirectory(prefix="rs-sdf-ablate-") as folder:
             args.data = with_test_views(args.data, Path(folder))
             train(args)

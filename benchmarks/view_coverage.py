@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import List, Tuple
 
 import numpy as np
+
+from rs_nerfstudio.validation import check_blender_folder
 
 
 def camera_directions(transforms: dict) -> Tuple[List[str], np.ndarray]:
@@ -36,12 +37,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/lego_200"))
     args = parser.parse_args()
-    splits = {}
-    for split in ("train", "test"):
-        path = args.data / f"transforms_{split}.json"
-        if not path.is_file():
-            sys.exit(f"--data {args.data}: no {path.name}")
-        splits[split] = camera_directions(json.loads(path.read_text()))
+    check_blender_folder(args.data, splits=("train", "test"))  # one line naming the file at fault, if any
+    splits = {split: camera_directions(json.loads((args.data / f"transforms_{split}.json").read_text()))
+              for split in ("train", "test")}
     names, test = splits["test"]
     angles = nearest_angles(test, splits["train"][1])
     print("| test view | elevation | nearest training cameras |\n| --- | ---: | --- |")
