@@ -85,7 +85,9 @@ def main() -> None:
             step(i)
     elapsed = (time.perf_counter() - start) / args.steps
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=args.rows))
-    print(f"{elapsed * 1000:.1f} ms/step (profiled), {4096 / elapsed:.0f} rays/s, grid {model.field.grid_shape}")
+    rays = config.pipeline.datamanager.train_num_rays_per_batch
+    print(f"{elapsed * 1000:.1f} ms/step (profiled), {rays / elapsed:.0f} rays/s at {rays} rays per batch, "
+          f"grid {model.field.grid_shape}")
     phases.update({name: 0.0 for name in phases})
     first_timed = start_step + args.warmup + args.steps
     for i in range(first_timed, first_timed + args.timed_steps):
