@@ -3,8 +3,8 @@
     python benchmarks/view_coverage.py --data ../shared/data/lego_200
 
 A test view close to a training camera mostly asks the model to reproduce what it was shown; one far from every
-training camera asks it to interpolate. On Lego 200 px the test PSNR follows that distance (README, "Where the
-over-fitting is").
+training camera asks it to interpolate. On Lego 200 px the test PSNR follows that distance (docs/experiments.md,
+"Where the over-fitting is").
 """
 
 from __future__ import annotations
