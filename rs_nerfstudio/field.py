@@ -2,8 +2,8 @@
 
 Geometry is one learnable dense grid of logits; its sigmoid is the base occupancy classifier f_theta. Randomized
 smoothing blurs it into f_hat, from which everything else follows per sample (:mod:`rs_nerfstudio.sdf`): the weak
-SDF, the occupancy G and the density. Colour comes from a low-resolution feature grid and a small MLP that also
-sees the view direction: both are cheap on a CPU.
+SDF, the occupancy G and the density. Colour comes from a low-resolution feature grid and small MLPs that also
+see the view direction (an ensemble of a few, :mod:`rs_nerfstudio.colour`): cheap on a CPU.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from nerfstudio.utils.math import components_from_spherical_harmonics
 from torch import Tensor, nn
 
 from rs_nerfstudio import grid as grids
+from rs_nerfstudio.colour import ColourHeads
 from rs_nerfstudio.sdf import density_from_occupancy, level_threshold, occupancy, weak_sdf
 from rs_nerfstudio.smoothing import gaussian_blur_3d
 
@@ -42,9 +43,10 @@ class RSSDFField(Field):
         initial_occupancy: base occupancy everywhere at the start (a faint fog that gradients can shape).
         appearance_resolution: colour-feature voxels along the longest side.
         initial_scale: both grids start at this fraction of their resolutions, until :meth:`resample_to_box`.
-        appearance_dim: colour features per voxel.
-        hidden_dim: width of the colour MLP.
+        appearance_dim: colour features per voxel for each colour head.
+        hidden_dim: width of the colour MLPs.
         sh_levels: spherical-harmonic levels of the view-direction encoding (0 = view-independent colour).
+        colour_heads: colour decoders, each with its own features and MLP; the rendered colour is their mean.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class RSSDFField(Field):
         hidden_dim: int = 64,
         sh_levels: int = 3,
         initial_scale: float = 1.0,
+        colour_heads: int = 1,
     ) -> None:
         super().__init__()
         self.register_buffer("aabb", aabb.detach().clone().float())
@@ -78,16 +81,10 @@ class RSSDFField(Field):
         self.base_logits = nn.Parameter(torch.full(self.grid_shape, init_logit))
 
         self.appearance_shape = grids.grid_shape_for_box(self.aabb, max(2, round(appearance_resolution * initial_scale)))
-        features = FEATURE_STD * torch.randn(*self.appearance_shape, appearance_dim)
+        features = FEATURE_STD * torch.randn(*self.appearance_shape, appearance_dim * colour_heads)
         self.features = nn.Parameter(features)
         self.sh_levels = sh_levels
-        self.colour_mlp = nn.Sequential(
-            nn.Linear(appearance_dim + sh_levels**2, hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, 3),
-        )
+        self.colour_mlp = ColourHeads(colour_heads, appearance_dim, sh_levels**2, hidden_dim)
         self._smoothed_cache: Optional[Tuple[Tuple, Tensor]] = None
         self.generation = 0
         """Training forwards so far (see :meth:`parameters_key`)."""
@@ -280,9 +277,7 @@ class RSSDFField(Field):
 
         To train colour alone on a given geometry (``benchmarks/ablate.py --reset-colour``)."""
         self.features.normal_(0.0, FEATURE_STD)
-        for layer in self.colour_mlp:
-            if isinstance(layer, nn.Linear):
-                layer.reset_parameters()
+        self.colour_mlp.reset_parameters()
 
     def appearance_features(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N C"]:
         """Colour features at world points, interpolated from the feature grid."""
@@ -294,14 +289,25 @@ class RSSDFField(Field):
         """Per ray, the colour features at its points weighted by ``shares`` and summed (``points`` sorted by ray)."""
         return grids.composite(self.features, points, shares, ray, num_rays, self.aabb)
 
-    def decode_colour(self, features: Float[Tensor, "N C"], directions: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
-        """RGB in [0, 1] from colour features and unit view directions."""
+    def decode_colour_heads(
+        self, features: Float[Tensor, "N C"], directions: Float[Tensor, "N 3"]
+    ) -> Float[Tensor, "heads N 3"]:
+        """Each colour head's RGB in [0, 1], from colour features and unit view directions."""
+        encoding = None
         if self.sh_levels > 0:
-            features = torch.cat([features, components_from_spherical_harmonics(self.sh_levels, directions)], -1)
-        return torch.sigmoid(self.colour_mlp(features))
+            encoding = components_from_spherical_harmonics(self.sh_levels, directions)
+        return self.colour_mlp(features, encoding)
+
+    def decode_colour(self, features: Float[Tensor, "N C"], directions: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
+        """RGB in [0, 1]: the mean of the colour heads'."""
+        return self.decode_colour_heads(features, directions).mean(dim=0)
+
+    def head_colours(self, points: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"]) -> Float[Tensor, "heads N 3"]:
+        """Each colour head's RGB in [0, 1] at world points seen from the given directions."""
+        return self.decode_colour_heads(self.appearance_features(points), directions)
 
     def colour(self, points: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
-        """RGB in [0, 1] at world points seen from the given directions."""
+        """RGB in [0, 1] at world points seen from the given directions (the heads' mean)."""
         return self.decode_colour(self.appearance_features(points), directions)
 
     # ----- nerfstudio's Field interface ------------------------------------------------------------------------

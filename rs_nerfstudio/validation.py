@@ -106,7 +106,8 @@ def check_grid_fits(config: "TrainerConfig") -> None:
     else:
         aabb = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])  # cubic boxes are the worst case
     geometry = math.prod(grids.grid_shape_for_box(aabb, model.grid_resolution))
-    appearance = math.prod(grids.grid_shape_for_box(aabb, model.appearance_resolution)) * model.appearance_dim
+    appearance_voxels = math.prod(grids.grid_shape_for_box(aabb, model.appearance_resolution))
+    appearance = appearance_voxels * model.appearance_dim * model.colour_heads
     needed = grids.training_memory_bytes(geometry) + grids.training_memory_bytes(appearance)
     available = grids.available_memory_bytes(config.machine.device_type)
     if needed > available:
@@ -136,8 +137,16 @@ def check_empty_space_threshold(config: "TrainerConfig") -> None:
         )
 
 
+def check_colour_heads(config: "TrainerConfig") -> None:
+    """At least one colour decoder."""
+    heads = config.pipeline.model.colour_heads
+    if heads < 1:
+        raise InputError(f"--pipeline.model.colour-heads must be at least 1, got {heads}")
+
+
 def check_training_inputs(config: "TrainerConfig") -> None:
-    """All checks for ``ns-train rs-sdf``: the data, the memory the grids will take, the empty-space threshold."""
+    """All checks for ``ns-train rs-sdf``: the data, the colour heads, the memory the grids will take, the
+    empty-space threshold."""
     from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 
     datamanager = config.pipeline.datamanager
@@ -147,5 +156,6 @@ def check_training_inputs(config: "TrainerConfig") -> None:
         check_blender_folder(Path(datamanager.dataparser.data))
     else:
         check_generic_dataparser(config)
+    check_colour_heads(config)
     check_grid_fits(config)
     check_empty_space_threshold(config)

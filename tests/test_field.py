@@ -163,3 +163,19 @@ def test_reset_appearance_starts_colour_over_and_keeps_the_geometry() -> None:
     torch.testing.assert_close(field.base_logits.detach(), logits)
     assert 0.08 < float(field.features.std()) < 0.12 and float(field.features.mean().abs()) < 0.02
     assert all(not torch.all(parameter == 1.0) for parameter in field.colour_mlp.parameters())
+
+
+def test_a_checkpoint_from_before_the_colour_heads_loads_and_colours_as_it_did() -> None:
+    """Runs saved with one nn.Sequential colour MLP and 12 features load into a field of two heads as one head."""
+    torch.manual_seed(0)
+    saved = RSSDFField(aabb=BOX, resolution=16, sigma=0.15, appearance_resolution=8, colour_heads=1)
+    state = saved.state_dict()
+    for layer, index in enumerate((0, 2, 4)):  # back to the old names and layout: nn.Linear's (out, in) weights
+        state[f"colour_mlp.{index}.weight"] = state.pop(f"colour_mlp.weights.{layer}")[0].T
+        state[f"colour_mlp.{index}.bias"] = state.pop(f"colour_mlp.biases.{layer}")[0, 0]
+    field = RSSDFField(aabb=BOX, resolution=16, sigma=0.15, appearance_resolution=8, colour_heads=2)
+    field.load_state_dict(state)
+    points = torch.rand(100, 3) * 2.0 - 1.0
+    directions = torch.nn.functional.normalize(torch.randn(100, 3), dim=-1)
+    assert field.features.shape == saved.features.shape and field.colour_mlp.heads == 1
+    torch.testing.assert_close(field.colour(points, directions), saved.colour(points, directions))

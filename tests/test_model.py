@@ -152,3 +152,33 @@ def test_indecision_pushes_the_classifier_away_from_one_half() -> None:
     indecision(torch.sigmoid(logits)).backward()
     step = -logits.grad  # gradient descent moves each logit further from 0, the way it already leans
     assert (torch.sign(step) == torch.sign(logits.detach())).all()
+
+
+@pytest.mark.parametrize("deferred", [True, False])
+def test_each_colour_head_fits_the_pixels_alone_and_the_render_is_their_mean(deferred: bool) -> None:
+    """The loss is the mean of the heads' own losses, not the loss of their mean, which would make one model of them."""
+    torch.manual_seed(0)
+    model = small_model(fit_box_at_step=0, colour_heads=3, deferred_colour=deferred, uniform_sample_fraction=0.0)
+    radius = grids.grid_coords_of_nodes(model.field.aabb, model.field.grid_shape).norm(dim=-1)
+    with torch.no_grad():
+        model.field.base_logits.copy_(torch.where(radius < 0.6, 8.0, -8.0))
+    model.train()
+    rays = rays_along_the_axes(count=8)
+    target = torch.rand(rays.origins.shape[0], 3)
+    outputs = model.get_outputs(rays)
+    heads = outputs["head_rgb"]
+    assert heads.shape == (3, rays.origins.shape[0], 3)
+    torch.testing.assert_close(outputs["rgb"], heads.mean(dim=0))
+    loss = model.get_loss_dict(outputs, {"image": target})["rgb_loss"]
+    torch.testing.assert_close(loss, torch.stack([(head - target).pow(2).mean() for head in heads]).mean())
+    spread = heads.var(dim=0, unbiased=False).mean()  # the mean's loss is lower by the heads' spread (bias-variance)
+    assert spread > 0
+    torch.testing.assert_close(loss - (outputs["rgb"] - target).pow(2).mean(), spread)
+
+    model.eval()
+    with torch.no_grad():
+        evaluated = model.get_outputs(rays)
+    assert "head_rgb" not in evaluated
+    # the training march differs a little (it skips rays that saw nothing, see `_smoothed_at_samples`)
+    torch.testing.assert_close(evaluated["rgb"], outputs["rgb"].detach(), atol=1e-3, rtol=0)
+

@@ -74,6 +74,10 @@ def test_grid_too_large_for_memory(scene_copy: Path) -> None:
     assert "--pipeline.model.grid-resolution" in message and "GiB" in message
 
 
+def test_no_colour_heads(scene_copy: Path) -> None:
+    assert "--pipeline.model.colour-heads must be at least 1, got 0" in check(scene_copy, colour_heads=0)
+
+
 def test_empty_space_threshold_above_the_starting_fog(scene_copy: Path) -> None:
     """At 1e-2 the march skipped every voxel of Lego's starting fog (G = 0.0025): 300 s of training stayed at 9.6 dB."""
     message = check(scene_copy, empty_space_threshold=1e-2)
