@@ -416,7 +416,7 @@ class RSSDFModel(Model):
     def _per_sample_colour(self, ray_samples, positions: Tensor, weights: Tensor, active: Tensor) -> Tensor:
         """Volume rendering proper: a colour per sample and head, composited; (heads, rays, 3)."""
         directions = ray_samples.frustums.directions.reshape(-1, 3)
-        heads = self.config.colour_heads
+        heads = self.field.colour_mlp.heads  # the checkpoint's count, when one was loaded
         colours = torch.zeros(heads, positions.shape[0], 3, device=positions.device, dtype=positions.dtype)
         if active.any():
             colours[:, active] = self.field.head_colours(positions[active], directions[active])

@@ -182,3 +182,20 @@ def test_each_colour_head_fits_the_pixels_alone_and_the_render_is_their_mean(def
     # the training march differs a little (it skips rays that saw nothing, see `_smoothed_at_samples`)
     torch.testing.assert_close(evaluated["rgb"], outputs["rgb"].detach(), atol=1e-3, rtol=0)
 
+
+
+@pytest.mark.parametrize("deferred", [True, False])
+def test_a_model_loads_a_checkpoint_with_another_number_of_colour_heads(deferred: bool) -> None:
+    """An older run (one head) opened with today's defaults (two) renders as it did."""
+    torch.manual_seed(0)
+    saved = small_model(fit_box_at_step=0, colour_heads=1, deferred_colour=deferred)
+    loaded = small_model(fit_box_at_step=0, colour_heads=2, deferred_colour=deferred)
+    radius = grids.grid_coords_of_nodes(saved.field.aabb, saved.field.grid_shape).norm(dim=-1)
+    with torch.no_grad():
+        saved.field.base_logits.copy_(torch.where(radius < 0.6, 8.0, -8.0))
+    loaded.load_state_dict(saved.state_dict())
+    rays = rays_along_the_axes(count=8)
+    saved.eval(), loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.get_outputs(rays)["rgb"], saved.get_outputs(rays)["rgb"])
+    assert loaded.field.colour_mlp.heads == 1
