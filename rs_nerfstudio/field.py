@@ -302,7 +302,9 @@ class RSSDFField(Field):
         """RGB in [0, 1]: the mean of the colour heads'."""
         return self.decode_colour_heads(features, directions).mean(dim=0)
 
-    def head_colours(self, points: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"]) -> Float[Tensor, "heads N 3"]:
+    def head_colours(
+        self, points: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"]
+    ) -> Float[Tensor, "heads N 3"]:
         """Each colour head's RGB in [0, 1] at world points seen from the given directions."""
         return self.decode_colour_heads(self.appearance_features(points), directions)
 
