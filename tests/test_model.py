@@ -78,12 +78,18 @@ def model_with_matter(region: str, **overrides):
     return model, radius
 
 
-def test_training_reads_only_the_rays_whose_march_saw_matter() -> None:
-    """A ball of radius 0.6 in empty space, rays down the z axis: those that pass far from it render background."""
-    model = small_model(fit_box_at_step=0)
+def model_with_ball(**overrides):
+    """A 32^3 model, no box fit, whose base grid holds a solid ball of radius 0.6 in empty space."""
+    model = small_model(fit_box_at_step=0, **overrides)
     radius = grids.grid_coords_of_nodes(model.field.aabb, model.field.grid_shape).norm(dim=-1)
     with torch.no_grad():
         model.field.base_logits.copy_(torch.where(radius < 0.6, 8.0, -8.0))
+    return model
+
+
+def test_training_reads_only_the_rays_whose_march_saw_matter() -> None:
+    """A ball of radius 0.6 in empty space, rays down the z axis: those that pass far from it render background."""
+    model = model_with_ball()
     rays = rays_along_the_axes(directions=((2, 1.0),))
     far = rays.origins[:, :2].norm(dim=-1) > 0.85
     model.train()
@@ -158,10 +164,7 @@ def test_indecision_pushes_the_classifier_away_from_one_half() -> None:
 def test_each_colour_head_fits_the_pixels_alone_and_the_render_is_their_mean(deferred: bool) -> None:
     """The loss is the mean of the heads' own losses, not the loss of their mean, which would make one model of them."""
     torch.manual_seed(0)
-    model = small_model(fit_box_at_step=0, colour_heads=3, deferred_colour=deferred, uniform_sample_fraction=0.0)
-    radius = grids.grid_coords_of_nodes(model.field.aabb, model.field.grid_shape).norm(dim=-1)
-    with torch.no_grad():
-        model.field.base_logits.copy_(torch.where(radius < 0.6, 8.0, -8.0))
+    model = model_with_ball(colour_heads=3, deferred_colour=deferred, uniform_sample_fraction=0.0)
     model.train()
     rays = rays_along_the_axes(count=8)
     target = torch.rand(rays.origins.shape[0], 3)
@@ -188,11 +191,8 @@ def test_each_colour_head_fits_the_pixels_alone_and_the_render_is_their_mean(def
 def test_a_model_loads_a_checkpoint_with_another_number_of_colour_heads(deferred: bool) -> None:
     """An older run (one head) opened with today's defaults (two) renders as it did."""
     torch.manual_seed(0)
-    saved = small_model(fit_box_at_step=0, colour_heads=1, deferred_colour=deferred)
+    saved = model_with_ball(colour_heads=1, deferred_colour=deferred)
     loaded = small_model(fit_box_at_step=0, colour_heads=2, deferred_colour=deferred)
-    radius = grids.grid_coords_of_nodes(saved.field.aabb, saved.field.grid_shape).norm(dim=-1)
-    with torch.no_grad():
-        saved.field.base_logits.copy_(torch.where(radius < 0.6, 8.0, -8.0))
     loaded.load_state_dict(saved.state_dict())
     rays = rays_along_the_axes(count=8)
     saved.eval(), loaded.eval()
