@@ -147,6 +147,53 @@ def composite(
     return _CompositeGather.apply(grid.reshape(-1, grid.shape[-1]), coefficients, index, weights, ray, num_rays)
 
 
+def _staggered_corners(
+    grid: Float[Tensor, "D H W C"], points: Float[Tensor, "N 3"], aabb: Float[Tensor, "2 3"], offsets: Tensor
+) -> Tuple[Tensor, Int[Tensor, "KN 8"], Float[Tensor, "KN 8"]]:
+    """The rows that :func:`composite_staggered` and :func:`interpolate_staggered` read: the grid seen as a table
+    of ``C / K`` channels, whose row ``v * K + k`` is voxel ``v``'s slice of grid ``k``, and the corners of each
+    point shifted by each offset, grid by grid."""
+    heads = offsets.shape[0]
+    if grid.shape[-1] % heads:
+        raise ValueError(f"{grid.shape[-1]} channels do not split into {heads} grids")
+    table = grid.reshape(-1, grid.shape[-1] // heads)
+    indices, weights = [], []
+    for k in range(heads):
+        index, weight = trilinear_corners(points + offsets[k], aabb, grid.shape[:3])
+        indices.append(index * heads + k)
+        weights.append(weight)
+    return table, torch.cat(indices), torch.cat(weights)
+
+
+def composite_staggered(
+    grid: Float[Tensor, "D H W C"],
+    points: Float[Tensor, "N 3"],
+    coefficients: Float[Tensor, "N"],
+    ray: Int[Tensor, "N"],
+    num_rays: int,
+    aabb: Float[Tensor, "2 3"],
+    offsets: Float[Tensor, "K 3"],
+) -> Float[Tensor, "R C"]:
+    """:func:`composite` of a grid whose channels are ``K`` grids of ``C / K`` channels side by side, grid ``k`` read
+    at the points shifted by ``offsets[k]`` (world units): staggered grids, whose interpolation errors differ. One
+    gather and one scatter for all of them, as for one grid of ``C`` channels."""
+    heads = offsets.shape[0]
+    table, index, weights = _staggered_corners(grid, points, aabb, offsets)
+    rays = torch.cat([ray + k * num_rays for k in range(heads)])  # grid k's rays after grid k-1's: still sorted
+    out = _CompositeGather.apply(table, coefficients.repeat(heads), index, weights, rays, heads * num_rays)
+    return out.reshape(heads, num_rays, -1).transpose(0, 1).reshape(num_rays, -1)
+
+
+def interpolate_staggered(
+    grid: Float[Tensor, "D H W C"], points: Float[Tensor, "N 3"], aabb: Float[Tensor, "2 3"], offsets: Tensor
+) -> Float[Tensor, "N C"]:
+    """:func:`interpolate` of staggered grids (see :func:`composite_staggered`)."""
+    heads = offsets.shape[0]
+    table, index, weights = _staggered_corners(grid, points, aabb, offsets)
+    out = _WeightedGather.apply(table, index, weights)
+    return out.reshape(heads, points.shape[0], -1).transpose(0, 1).reshape(points.shape[0], -1)
+
+
 def interpolate(
     grid: Float[Tensor, "D H W C"], points: Float[Tensor, "N 3"], aabb: Float[Tensor, "2 3"]
 ) -> Float[Tensor, "N C"]:

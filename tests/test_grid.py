@@ -91,6 +91,44 @@ def test_composite_equals_summing_interpolated_values_with_gradients() -> None:
     assert cells < 0.5 * points.shape[0]  # the case it is for: several points per cell
 
 
+def test_staggered_grids_read_each_slice_at_shifted_points_with_gradients() -> None:
+    """Three grids of 2 channels side by side, each read at the points shifted by its offset: the same values and
+    gradients as compositing (and interpolating) each slice on its own at its shifted points."""
+    generator = torch.Generator().manual_seed(1)
+    box = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    grid = torch.randn(6, 7, 8, 6, generator=generator, dtype=torch.float64)
+    offsets = torch.tensor([[0.0, 0.0, 0.0], [0.1, -0.05, 0.2], [-0.3, 0.1, 0.0]], dtype=torch.float64)
+    num_rays, per_ray = 30, 10
+    starts = 1.6 * torch.rand(num_rays, 1, 3, generator=generator, dtype=torch.float64) - 0.8
+    steps = 0.05 * torch.randn(num_rays, 1, 3, generator=generator, dtype=torch.float64)
+    points = (starts + steps * torch.arange(per_ray, dtype=torch.float64)[:, None]).reshape(-1, 3)
+    ray = torch.arange(num_rays).repeat_interleave(per_ray)
+    coefficients = torch.rand(points.shape[0], generator=generator, dtype=torch.float64)
+    grid_a, coeff_a = grid.clone().requires_grad_(), coefficients.clone().requires_grad_()
+    grid_b, coeff_b = grid.clone().requires_grad_(), coefficients.clone().requires_grad_()
+    staggered = grids.composite_staggered(grid_a, points, coeff_a, ray, num_rays, box, offsets)
+    expected = torch.cat(
+        [grids.composite(grid_b[..., 2 * k : 2 * k + 2], points + offsets[k], coeff_b, ray, num_rays, box)
+         for k in range(3)],
+        dim=-1,
+    )  # fmt: skip
+    torch.testing.assert_close(staggered, expected)
+    upstream = torch.randn(num_rays, 6, generator=generator, dtype=torch.float64)
+    (staggered * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(grid_a.grad, grid_b.grad)
+    torch.testing.assert_close(coeff_a.grad, coeff_b.grad)
+    values = grids.interpolate_staggered(grid, points, box, offsets)
+    each = [grids.interpolate(grid[..., 2 * k : 2 * k + 2], points + offsets[k], box) for k in range(3)]
+    torch.testing.assert_close(values, torch.cat(each, dim=-1))
+    assert not torch.allclose(values, grids.interpolate(grid, points, box))  # the offsets do shift what is read
+
+
+def test_staggered_grids_refuse_channels_that_do_not_split() -> None:
+    with pytest.raises(ValueError, match="5 channels do not split into 2 grids"):
+        grids.interpolate_staggered(torch.zeros(3, 3, 3, 5), torch.zeros(1, 3), AABB, torch.zeros(2, 3))
+
+
 def test_composite_of_no_points_is_zero_with_zero_gradients() -> None:
     """A batch where no sample shows (every weight under the colour threshold) composites nothing, and backs up."""
     box = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
