@@ -47,6 +47,7 @@ class RSSDFField(Field):
         hidden_dim: width of the colour MLPs.
         sh_levels: spherical-harmonic levels of the view-direction encoding (0 = view-independent colour).
         colour_heads: colour decoders, each with its own features and MLP; the rendered colour is their mean.
+        stagger_colour: shift head k's feature grid by k / colour_heads of a colour voxel along every axis.
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class RSSDFField(Field):
         sh_levels: int = 3,
         initial_scale: float = 1.0,
         colour_heads: int = 1,
+        stagger_colour: bool = False,
     ) -> None:
         super().__init__()
         self.register_buffer("aabb", aabb.detach().clone().float())
@@ -85,6 +87,9 @@ class RSSDFField(Field):
         self.features = nn.Parameter(features)
         self.sh_levels = sh_levels
         self.colour_mlp = ColourHeads(colour_heads, appearance_dim, sh_levels**2, hidden_dim)
+        self.stagger_colour = bool(stagger_colour)
+        self.register_buffer("colour_stagger", torch.tensor(float(stagger_colour)))
+        """`stagger_colour` in the state dict, because a checkpoint renders as it was trained."""
         self._smoothed_cache: Optional[Tuple[Tuple, Tensor]] = None
         self.generation = 0
         """Training forwards so far (see :meth:`parameters_key`)."""
@@ -121,8 +126,22 @@ class RSSDFField(Field):
         logits = grids.interpolate(self.base_logits[..., None], centres, self.aabb).reshape(shape)
         appearance_shape = grids.grid_shape_for_box(aabb, self.appearance_resolution)
         centres = grids.grid_coords_of_nodes(aabb, appearance_shape).reshape(-1, 3)
-        features = grids.interpolate(self.features, centres, self.aabb).reshape(*appearance_shape, -1)
-        self._set_grids(aabb, logits, features, new_parameters=True)
+        if self.staggered:  # head k's voxel v holds its features at v's centre minus its offset, before and after
+            old_offsets, heads = self.colour_offsets, self.colour_mlp.heads
+            new_offsets = self._offsets(grids.voxel_size(aabb, appearance_shape))
+            columns = self.features.shape[-1] // heads
+            features = torch.cat(
+                [
+                    grids.interpolate_staggered(self.features, centres - new_offsets[k], self.aabb, old_offsets)[
+                        :, k * columns : (k + 1) * columns
+                    ]
+                    for k in range(heads)
+                ],
+                dim=-1,
+            )
+        else:
+            features = grids.interpolate(self.features, centres, self.aabb)
+        self._set_grids(aabb, logits, features.reshape(*appearance_shape, -1), new_parameters=True)
 
     def _set_grids(self, aabb: Tensor, logits: Tensor, features: Tensor, new_parameters: bool) -> None:
         self.aabb.copy_(aabb)
@@ -140,7 +159,10 @@ class RSSDFField(Field):
         self.generation += 1
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
-        """A checkpoint whose box was fitted holds grids of other shapes than a new field's: take its shapes first."""
+        """A checkpoint whose box was fitted holds grids of other shapes than a new field's: take its shapes first.
+        One from before staggered colour grids was trained with aligned ones."""
+        stagger = state_dict.setdefault(prefix + "colour_stagger", torch.tensor(0.0))
+        self.stagger_colour = bool(stagger)
         names = [prefix + name for name in ("aabb", "base_logits", "features")]
         if all(name in state_dict for name in names):
             aabb, logits, features = (state_dict[name] for name in names)
@@ -279,14 +301,39 @@ class RSSDFField(Field):
         self.features.normal_(0.0, FEATURE_STD)
         self.colour_mlp.reset_parameters()
 
+    @property
+    def staggered(self) -> bool:
+        """Whether the colour heads read feature grids offset from one another (:attr:`colour_offsets`)."""
+        return self.stagger_colour and self.colour_mlp.heads > 1
+
+    def _offsets(self, colour_voxel: Float[Tensor, "3"]) -> Float[Tensor, "K 3"]:
+        heads = self.colour_mlp.heads
+        steps = torch.arange(heads, dtype=colour_voxel.dtype, device=colour_voxel.device) / heads
+        return steps[:, None] * colour_voxel
+
+    @property
+    def colour_offsets(self) -> Float[Tensor, "K 3"]:
+        """Where head k reads its feature grid: at a point shifted by k / heads of a colour voxel along x, y and z.
+        The heads' trilinear interpolation then errs in different places, and their mean is smoother than any one
+        (docs/experiments.md, "Staggered colour grids")."""
+        depth, height, width = self.appearance_shape
+        extent = self.aabb[1] - self.aabb[0]
+        return self._offsets(torch.stack([extent[0] / width, extent[1] / height, extent[2] / depth]))
+
     def appearance_features(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N C"]:
-        """Colour features at world points, interpolated from the feature grid."""
+        """Colour features at world points, interpolated from the feature grid (each head's, when staggered)."""
+        if self.staggered:
+            return grids.interpolate_staggered(self.features, points, self.aabb, self.colour_offsets)
         return grids.interpolate(self.features, points, self.aabb)
 
     def composite_appearance(
         self, points: Float[Tensor, "N 3"], shares: Float[Tensor, "N"], ray: Tensor, num_rays: int
     ) -> Float[Tensor, "R C"]:
         """Per ray, the colour features at its points weighted by ``shares`` and summed (``points`` sorted by ray)."""
+        if self.staggered:
+            return grids.composite_staggered(
+                self.features, points, shares, ray, num_rays, self.aabb, self.colour_offsets
+            )
         return grids.composite(self.features, points, shares, ray, num_rays, self.aabb)
 
     def decode_colour_heads(

@@ -179,3 +179,63 @@ def test_a_checkpoint_from_before_the_colour_heads_loads_and_colours_as_it_did()
     directions = torch.nn.functional.normalize(torch.randn(100, 3), dim=-1)
     assert field.features.shape == saved.features.shape and field.colour_mlp.heads == 1
     torch.testing.assert_close(field.colour(points, directions), saved.colour(points, directions))
+
+
+def staggered_linear_field() -> tuple:
+    """Two staggered colour heads whose features are linear in position: head k's voxel v holds the function at v's
+    centre minus head k's offset, so that either head reads the same linear function at any point inside."""
+    field = RSSDFField(aabb=BOX, resolution=16, appearance_resolution=10, appearance_dim=2, colour_heads=2,
+                       stagger_colour=True)  # fmt: skip
+    slope = torch.tensor([[0.5, -1.0], [2.0, 0.3], [-0.7, 1.5]])  # xyz -> 2 features
+
+    def linear(points: torch.Tensor) -> torch.Tensor:
+        return points @ slope + torch.tensor([0.1, -0.2])
+
+    centres = grids.grid_coords_of_nodes(field.aabb, field.appearance_shape)
+    offsets = field.colour_offsets
+    with torch.no_grad():
+        field.features.copy_(torch.cat([linear(centres - offsets[k]) for k in range(2)], dim=-1))
+    return field, linear
+
+
+def test_staggered_heads_read_their_grids_half_a_voxel_apart() -> None:
+    field, linear = staggered_linear_field()
+    voxel = grids.voxel_size(field.aabb, field.appearance_shape)
+    torch.testing.assert_close(field.colour_offsets, torch.stack([torch.zeros(3), voxel / 2]))
+    points = 1.2 * torch.rand(200, 3) - 0.6  # inside, where no head's read is clamped at the border
+    with torch.no_grad():
+        features = field.appearance_features(points)
+        expected = torch.cat([linear(points)] * 2, dim=-1)
+        torch.testing.assert_close(features, expected)
+        aligned = grids.interpolate(field.features, points, field.aabb)
+        assert (aligned[:, 2:] - expected[:, 2:]).abs().max() > 0.05  # read unstaggered, head 1 would be off
+        shares = torch.rand(200)
+        ray = torch.arange(200) // 10
+        composite = field.composite_appearance(points, shares, ray, 20)
+        torch.testing.assert_close(composite, torch.zeros(20, 4).index_add(0, ray, shares[:, None] * expected))
+
+
+def test_resample_to_box_keeps_what_staggered_heads_read() -> None:
+    field, linear = staggered_linear_field()
+    box = torch.tensor([[-0.6, -0.5, -0.4], [0.6, 0.5, 0.4]])
+    with torch.no_grad():
+        field.resample_to_box(box)
+        points = 0.6 * (torch.rand(200, 3) - 0.5) * (box[1] - box[0])  # where no read is clamped at the border
+        torch.testing.assert_close(field.appearance_features(points), torch.cat([linear(points)] * 2, dim=-1))
+    assert field.features.shape[:3] == grids.grid_shape_for_box(box, 10)
+
+
+def test_a_checkpoint_from_before_staggering_renders_with_aligned_heads() -> None:
+    """Two-head runs saved before the heads' grids were staggered were trained aligned, and load so."""
+    saved = RSSDFField(aabb=BOX, resolution=16, appearance_resolution=8, colour_heads=2, stagger_colour=True)
+    state = saved.state_dict()
+    assert float(state["colour_stagger"]) == 1.0
+    fresh = RSSDFField(aabb=BOX, resolution=16, appearance_resolution=8, colour_heads=2, stagger_colour=True)
+    fresh.load_state_dict(state)
+    assert fresh.staggered
+    del state["colour_stagger"]
+    fresh.load_state_dict(state)
+    assert not fresh.staggered
+    points = torch.rand(50, 3) * 2.0 - 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.appearance_features(points), grids.interpolate(saved.features, points, BOX))

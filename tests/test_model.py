@@ -160,11 +160,13 @@ def test_indecision_pushes_the_classifier_away_from_one_half() -> None:
     assert (torch.sign(step) == torch.sign(logits.detach())).all()
 
 
-@pytest.mark.parametrize("deferred", [True, False])
-def test_each_colour_head_fits_the_pixels_alone_and_the_render_is_their_mean(deferred: bool) -> None:
+@pytest.mark.parametrize("deferred, stagger", [(True, False), (False, False), (True, True), (False, True)])
+def test_each_colour_head_fits_the_pixels_alone_and_the_render_is_their_mean(deferred: bool, stagger: bool) -> None:
     """The loss is the mean of the heads' own losses, not the loss of their mean, which would make one model of them."""
     torch.manual_seed(0)
-    model = model_with_ball(colour_heads=3, deferred_colour=deferred, uniform_sample_fraction=0.0)
+    model = model_with_ball(colour_heads=3, deferred_colour=deferred, uniform_sample_fraction=0.0,
+                            stagger_colour=stagger)  # fmt: skip
+    assert model.field.staggered == stagger
     model.train()
     rays = rays_along_the_axes(count=8)
     target = torch.rand(rays.origins.shape[0], 3)
