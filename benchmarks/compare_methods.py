@@ -283,12 +283,13 @@ def score_test_split(pipeline, max_views: Optional[int] = None) -> Dict[str, flo
 
 
 def with_ns_train_flags(config, flags: str):
-    """``config`` with ns-train flags (one string, as a shell splits it) applied, parsed as ns-train parses them."""
+    """``config`` with ns-train flags (one string, as a shell splits it) applied, parsed as ns-train parses them:
+    a boolean takes a value, ``--pipeline.model.clip-march False``, as nerfstudio turns tyro's flag conversion off."""
     import shlex
 
     import tyro
 
-    return tyro.cli(type(config), default=config, args=shlex.split(flags))
+    return tyro.cli(tyro.conf.FlagConversionOff[type(config)], default=config, args=shlex.split(flags))
 
 
 def run_method(args: argparse.Namespace) -> Dict:

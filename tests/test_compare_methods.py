@@ -9,12 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from compare_methods import stop_child_processes, train_split_views  # noqa: E402
+from compare_methods import stop_child_processes, train_split_views, with_ns_train_flags  # noqa: E402
 
 
 class _Cameras:
@@ -97,3 +98,15 @@ def test_stop_child_processes_ends_what_the_worker_started() -> None:
     for child in (stubborn, polite):
         child.wait(timeout=5)  # raises if it still runs (psutil may have reaped it already: then it returns at once)
     assert time.perf_counter() - started < 10
+
+
+def test_rs_sdf_flags_parse_as_ns_train_parses_them() -> None:
+    """ns-train wants a value after a boolean flag (nerfstudio turns tyro's flag conversion off); so does the harness,
+    so that a flag copied from one works in the other."""
+    from rs_nerfstudio.config import rs_sdf_trainer_config
+
+    flags = "--pipeline.model.stagger-colour True --pipeline.model.sigma 0.02"
+    config = with_ns_train_flags(rs_sdf_trainer_config(), flags)
+    assert config.pipeline.model.stagger_colour is True and config.pipeline.model.sigma == 0.02
+    with pytest.raises(SystemExit):
+        with_ns_train_flags(rs_sdf_trainer_config(), "--pipeline.model.no-stagger-colour")
