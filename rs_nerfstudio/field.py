@@ -132,7 +132,7 @@ class RSSDFField(Field):
             columns = self.features.shape[-1] // heads
             features = torch.cat(
                 [
-                    grids.interpolate_staggered(self.features, centres - new_offsets[k], self.aabb, old_offsets)[
+                    grids.interpolate(self.features, centres - new_offsets[k], self.aabb, old_offsets)[
                         :, k * columns : (k + 1) * columns
                     ]
                     for k in range(heads)
@@ -322,19 +322,14 @@ class RSSDFField(Field):
 
     def appearance_features(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N C"]:
         """Colour features at world points, interpolated from the feature grid (each head's, when staggered)."""
-        if self.staggered:
-            return grids.interpolate_staggered(self.features, points, self.aabb, self.colour_offsets)
-        return grids.interpolate(self.features, points, self.aabb)
+        return grids.interpolate(self.features, points, self.aabb, self.colour_offsets if self.staggered else None)
 
     def composite_appearance(
         self, points: Float[Tensor, "N 3"], shares: Float[Tensor, "N"], ray: Tensor, num_rays: int
     ) -> Float[Tensor, "R C"]:
         """Per ray, the colour features at its points weighted by ``shares`` and summed (``points`` sorted by ray)."""
-        if self.staggered:
-            return grids.composite_staggered(
-                self.features, points, shares, ray, num_rays, self.aabb, self.colour_offsets
-            )
-        return grids.composite(self.features, points, shares, ray, num_rays, self.aabb)
+        offsets = self.colour_offsets if self.staggered else None
+        return grids.composite(self.features, points, shares, ray, num_rays, self.aabb, offsets)
 
     def decode_colour_heads(
         self, features: Float[Tensor, "N C"], directions: Float[Tensor, "N 3"]

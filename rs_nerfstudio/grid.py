@@ -132,6 +132,27 @@ class _CompositeGather(torch.autograd.Function):
         return grad_table, grad_coefficients, None, None, None, None
 
 
+def _staggered_corners(
+    grid: Float[Tensor, "D H W C"], points: Float[Tensor, "N 3"], aabb: Float[Tensor, "2 3"], offsets: Tensor
+) -> Tuple[Tensor, Int[Tensor, "KN 8"], Float[Tensor, "KN 8"]]:
+    """The grid seen as a table of ``C / K`` channels, whose row ``v * K + k`` is voxel ``v``'s slice of grid ``k``,
+    and the corners of the points shifted by each offset, grid after grid."""
+    heads = offsets.shape[0]
+    if grid.shape[-1] % heads:
+        raise ValueError(f"{grid.shape[-1]} channels do not split into {heads} grids")
+    indices, weights = [], []
+    for k in range(heads):
+        index, weight = trilinear_corners(points + offsets[k], aabb, grid.shape[:3])
+        indices.append(index * heads + k)
+        weights.append(weight)
+    return grid.reshape(-1, grid.shape[-1] // heads), torch.cat(indices), torch.cat(weights)
+
+
+def _unstagger(values: Tensor, heads: int) -> Tensor:
+    """``(K * N, C / K)`` rows, grid after grid, to ``(N, C)``: each point's grids side by side."""
+    return values.reshape(heads, -1, values.shape[-1]).transpose(0, 1).reshape(-1, heads * values.shape[-1])
+
+
 def composite(
     grid: Float[Tensor, "D H W C"],
     points: Float[Tensor, "N 3"],
@@ -139,70 +160,40 @@ def composite(
     ray: Int[Tensor, "N"],
     num_rays: int,
     aabb: Float[Tensor, "2 3"],
+    offsets: Optional[Float[Tensor, "K 3"]] = None,
 ) -> Float[Tensor, "R C"]:
     """Per ray, the sum of ``coefficients`` times the grid interpolated at its points: ``points`` sorted by ``ray``,
     as a ray's samples come. Equal to summing :func:`interpolate`'s values, with one gather per cell a ray crosses
-    instead of one per point."""
-    index, weights = trilinear_corners(points, aabb, grid.shape[:3])
-    return _CompositeGather.apply(grid.reshape(-1, grid.shape[-1]), coefficients, index, weights, ray, num_rays)
+    instead of one per point.
 
-
-def _staggered_corners(
-    grid: Float[Tensor, "D H W C"], points: Float[Tensor, "N 3"], aabb: Float[Tensor, "2 3"], offsets: Tensor
-) -> Tuple[Tensor, Int[Tensor, "KN 8"], Float[Tensor, "KN 8"]]:
-    """The rows that :func:`composite_staggered` and :func:`interpolate_staggered` read: the grid seen as a table
-    of ``C / K`` channels, whose row ``v * K + k`` is voxel ``v``'s slice of grid ``k``, and the corners of each
-    point shifted by each offset, grid by grid."""
-    heads = offsets.shape[0]
-    if grid.shape[-1] % heads:
-        raise ValueError(f"{grid.shape[-1]} channels do not split into {heads} grids")
-    table = grid.reshape(-1, grid.shape[-1] // heads)
-    indices, weights = [], []
-    for k in range(heads):
-        index, weight = trilinear_corners(points + offsets[k], aabb, grid.shape[:3])
-        indices.append(index * heads + k)
-        weights.append(weight)
-    return table, torch.cat(indices), torch.cat(weights)
-
-
-def composite_staggered(
-    grid: Float[Tensor, "D H W C"],
-    points: Float[Tensor, "N 3"],
-    coefficients: Float[Tensor, "N"],
-    ray: Int[Tensor, "N"],
-    num_rays: int,
-    aabb: Float[Tensor, "2 3"],
-    offsets: Float[Tensor, "K 3"],
-) -> Float[Tensor, "R C"]:
-    """:func:`composite` of a grid whose channels are ``K`` grids of ``C / K`` channels side by side, grid ``k`` read
-    at the points shifted by ``offsets[k]`` (world units): staggered grids, whose interpolation errors differ. One
-    gather and one scatter for all of them, as for one grid of ``C`` channels."""
+    With ``offsets``, the channels are ``K`` staggered grids of ``C / K`` channels side by side, grid ``k`` read at
+    the points shifted by ``offsets[k]`` (world units); one gather and one scatter serve them all."""
+    if offsets is None:
+        index, weights = trilinear_corners(points, aabb, grid.shape[:3])
+        return _CompositeGather.apply(grid.reshape(-1, grid.shape[-1]), coefficients, index, weights, ray, num_rays)
     heads = offsets.shape[0]
     table, index, weights = _staggered_corners(grid, points, aabb, offsets)
     rays = torch.cat([ray + k * num_rays for k in range(heads)])  # grid k's rays after grid k-1's: still sorted
-    out = _CompositeGather.apply(table, coefficients.repeat(heads), index, weights, rays, heads * num_rays)
-    return out.reshape(heads, num_rays, -1).transpose(0, 1).reshape(num_rays, -1)
-
-
-def interpolate_staggered(
-    grid: Float[Tensor, "D H W C"], points: Float[Tensor, "N 3"], aabb: Float[Tensor, "2 3"], offsets: Tensor
-) -> Float[Tensor, "N C"]:
-    """:func:`interpolate` of staggered grids (see :func:`composite_staggered`)."""
-    heads = offsets.shape[0]
-    table, index, weights = _staggered_corners(grid, points, aabb, offsets)
-    out = _WeightedGather.apply(table, index, weights)
-    return out.reshape(heads, points.shape[0], -1).transpose(0, 1).reshape(points.shape[0], -1)
+    values = _CompositeGather.apply(table, coefficients.repeat(heads), index, weights, rays, heads * num_rays)
+    return _unstagger(values, heads)
 
 
 def interpolate(
-    grid: Float[Tensor, "D H W C"], points: Float[Tensor, "N 3"], aabb: Float[Tensor, "2 3"]
+    grid: Float[Tensor, "D H W C"],
+    points: Float[Tensor, "N 3"],
+    aabb: Float[Tensor, "2 3"],
+    offsets: Optional[Float[Tensor, "K 3"]] = None,
 ) -> Float[Tensor, "N C"]:
-    """Trilinear interpolation of a channel-last, cell-centred grid at world points (see :func:`trilinear_corners`).
+    """Trilinear interpolation of a channel-last, cell-centred grid at world points (see :func:`trilinear_corners`);
+    of staggered grids with ``offsets``, as in :func:`composite`.
 
     Differentiable with respect to the grid values, not the points. Without a gradient to track, a one-channel grid
     goes through ``F.grid_sample`` (the same values, clamped at the border alike): ~3x faster on a CPU than building
     the corners' indices and weights.
     """
+    if offsets is not None:
+        table, index, weights = _staggered_corners(grid, points, aabb, offsets)
+        return _unstagger(_WeightedGather.apply(table, index, weights), offsets.shape[0])
     if grid.shape[-1] == 1 and not (torch.is_grad_enabled() and grid.requires_grad):
         unit = (points - aabb[0]) / (aabb[1] - aabb[0]) * 2.0 - 1.0  # the box's faces at -1 and 1, x indexing W
         volume = grid.reshape(1, 1, *grid.shape[:3])

@@ -106,7 +106,7 @@ def test_staggered_grids_read_each_slice_at_shifted_points_with_gradients() -> N
     coefficients = torch.rand(points.shape[0], generator=generator, dtype=torch.float64)
     grid_a, coeff_a = grid.clone().requires_grad_(), coefficients.clone().requires_grad_()
     grid_b, coeff_b = grid.clone().requires_grad_(), coefficients.clone().requires_grad_()
-    staggered = grids.composite_staggered(grid_a, points, coeff_a, ray, num_rays, box, offsets)
+    staggered = grids.composite(grid_a, points, coeff_a, ray, num_rays, box, offsets)
     expected = torch.cat(
         [grids.composite(grid_b[..., 2 * k : 2 * k + 2], points + offsets[k], coeff_b, ray, num_rays, box)
          for k in range(3)],
@@ -118,7 +118,7 @@ def test_staggered_grids_read_each_slice_at_shifted_points_with_gradients() -> N
     (expected * upstream).sum().backward()
     torch.testing.assert_close(grid_a.grad, grid_b.grad)
     torch.testing.assert_close(coeff_a.grad, coeff_b.grad)
-    values = grids.interpolate_staggered(grid, points, box, offsets)
+    values = grids.interpolate(grid, points, box, offsets)
     each = [grids.interpolate(grid[..., 2 * k : 2 * k + 2], points + offsets[k], box) for k in range(3)]
     torch.testing.assert_close(values, torch.cat(each, dim=-1))
     assert not torch.allclose(values, grids.interpolate(grid, points, box))  # the offsets do shift what is read
@@ -126,7 +126,7 @@ def test_staggered_grids_read_each_slice_at_shifted_points_with_gradients() -> N
 
 def test_staggered_grids_refuse_channels_that_do_not_split() -> None:
     with pytest.raises(ValueError, match="5 channels do not split into 2 grids"):
-        grids.interpolate_staggered(torch.zeros(3, 3, 3, 5), torch.zeros(1, 3), AABB, torch.zeros(2, 3))
+        grids.interpolate(torch.zeros(3, 3, 3, 5), torch.zeros(1, 3), AABB, torch.zeros(2, 3))
 
 
 def test_composite_of_no_points_is_zero_with_zero_gradients() -> None:
