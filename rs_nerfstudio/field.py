@@ -126,21 +126,10 @@ class RSSDFField(Field):
         logits = grids.interpolate(self.base_logits[..., None], centres, self.aabb).reshape(shape)
         appearance_shape = grids.grid_shape_for_box(aabb, self.appearance_resolution)
         centres = grids.grid_coords_of_nodes(aabb, appearance_shape).reshape(-1, 3)
-        if self.staggered:  # head k's voxel v holds its features at v's centre minus its offset, before and after
-            old_offsets, heads = self.colour_offsets, self.colour_mlp.heads
-            new_offsets = self._offsets(grids.voxel_size(aabb, appearance_shape))
-            columns = self.features.shape[-1] // heads
-            features = torch.cat(
-                [
-                    grids.interpolate(self.features, centres - new_offsets[k], self.aabb, old_offsets)[
-                        :, k * columns : (k + 1) * columns
-                    ]
-                    for k in range(heads)
-                ],
-                dim=-1,
-            )
-        else:
-            features = grids.interpolate(self.features, centres, self.aabb)
+        offsets = None
+        if self.staggered:  # head k's new voxel v holds the old head k at v's centre minus its new offset
+            offsets = self.colour_offsets - self._offsets(grids.voxel_size(aabb, appearance_shape))
+        features = grids.interpolate(self.features, centres, self.aabb, offsets)
         self._set_grids(aabb, logits, features.reshape(*appearance_shape, -1), new_parameters=True)
 
     def _set_grids(self, aabb: Tensor, logits: Tensor, features: Tensor, new_parameters: bool) -> None:
@@ -316,9 +305,7 @@ class RSSDFField(Field):
         """Where head k reads its feature grid: at a point shifted by k / heads of a colour voxel along x, y and z.
         The heads' trilinear interpolation then errs in different places, and their mean is smoother than any one
         (docs/experiments.md, "Staggered colour grids")."""
-        depth, height, width = self.appearance_shape
-        extent = self.aabb[1] - self.aabb[0]
-        return self._offsets(torch.stack([extent[0] / width, extent[1] / height, extent[2] / depth]))
+        return self._offsets(grids.voxel_size(self.aabb, self.appearance_shape))
 
     def appearance_features(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N C"]:
         """Colour features at world points, interpolated from the feature grid (each head's, when staggered)."""

@@ -26,9 +26,10 @@ def grid_shape_for_box(aabb: Float[Tensor, "2 3"], resolution: int) -> Tuple[int
 
 
 def voxel_size(aabb: Float[Tensor, "2 3"], shape: Sequence[int]) -> Float[Tensor, "3"]:
-    """Voxel side along x, y, z for a ``(D, H, W)`` grid over the box."""
+    """Voxel side along x, y, z for a ``(D, H, W)`` grid over the box (no host-to-device copy: a GPU does not wait)."""
     depth, height, width = shape
-    return (aabb[1] - aabb[0]) / torch.tensor([width, height, depth], dtype=aabb.dtype, device=aabb.device)
+    extent = aabb[1] - aabb[0]
+    return torch.stack([extent[0] / width, extent[1] / height, extent[2] / depth])
 
 
 def grid_coords_of_nodes(aabb: Float[Tensor, "2 3"], shape: Sequence[int]) -> Float[Tensor, "D H W 3"]:
