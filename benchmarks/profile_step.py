@@ -10,6 +10,12 @@ or the profile is of the coarse stage's half-resolution grids over the whole sce
 
 times the blur's blocks (`rs_nerfstudio.smoothing.BLOCK`) against another block size in the same process, 25 steps
 of each in turn: this machine's speed drifts by 10% and more between runs, so a ratio is measured within one.
+
+    python benchmarks/profile_step.py --data ../shared/data/lego_200 --warmup 400 --steps 0 --timed-steps 0 \
+        --breakdown 60
+
+times the forward pass's stages (the ray batch, the blur, the sampler and its parts, the colour) by wall clock, with
+no profiler to slow the small operations down.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ def main() -> None:
     parser.add_argument("--alternate-blur-block", type=int, default=None, metavar="N",
                         help="then time training steps with the blur in blocks of N voxels against the default, in turn")
     parser.add_argument("--rounds", type=int, default=16, help="rounds of 25 steps each for --alternate-blur-block")
+    parser.add_argument("--breakdown", type=int, default=0, metavar="N",
+                        help="then time the forward pass's stages over N more steps")
     args = parser.parse_args()
 
     if args.load_config is not None:
@@ -79,15 +87,16 @@ def main() -> None:
 
     for i in range(start_step, start_step + args.warmup):
         step(i)
-    start = time.perf_counter()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        for i in range(start_step + args.warmup, start_step + args.warmup + args.steps):
-            step(i)
-    elapsed = (time.perf_counter() - start) / args.steps
-    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=args.rows))
-    rays = config.pipeline.datamanager.train_num_rays_per_batch
-    print(f"{elapsed * 1000:.1f} ms/step (profiled), {rays / elapsed:.0f} rays/s at {rays} rays per batch, "
-          f"grid {model.field.grid_shape}")
+    if args.steps:
+        start = time.perf_counter()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for i in range(start_step + args.warmup, start_step + args.warmup + args.steps):
+                step(i)
+        elapsed = (time.perf_counter() - start) / args.steps
+        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=args.rows))
+        rays = config.pipeline.datamanager.train_num_rays_per_batch
+        print(f"{elapsed * 1000:.1f} ms/step (profiled), {rays / elapsed:.0f} rays/s at {rays} rays per batch, "
+              f"grid {model.field.grid_shape}")
     phases.update({name: 0.0 for name in phases})
     first_timed = start_step + args.warmup + args.steps
     for i in range(first_timed, first_timed + args.timed_steps):
@@ -98,6 +107,60 @@ def main() -> None:
         print(f"{1000 * total:.1f} ms/step without the profiler over {args.timed_steps} more steps: {split}")
     if args.alternate_blur_block is not None:
         alternate_blur_blocks(step, first_timed + args.timed_steps, args.alternate_blur_block, args.rounds)
+    if args.breakdown:
+        time_stages(step, pipeline, first_timed + args.timed_steps, args.breakdown)
+
+
+def time_stages(step, pipeline, first: int, steps: int) -> None:
+    """Wall-clock ms per training step in each stage of the forward pass: each stage's function is wrapped in a timer
+    for ``steps`` steps. Indented stages are parts of the one above them."""
+    from nerfstudio.cameras.rays import RayBundle
+
+    from rs_nerfstudio import sampler as rs_sampler
+
+    model = pipeline.model
+    stages = [  # (owner, attribute, label), a part after its whole
+        (pipeline, "get_train_loss_dict", "forward pass and loss"),
+        (pipeline.datamanager, "next_train", "  the ray batch (nerfstudio's pixel sampler and ray generator)"),
+        (model.field, "smoothed_occupancy_grid", "  the blur (randomized smoothing of the grid)"),
+        (model.sampler, "coarse_weights", "  the sampler: its coarse march"),
+        (rs_sampler, "bins_near_matter", "    of which the cheaper march that clips it"),
+        (rs_sampler, "sample_packed_pdf", "  the sampler: inverse-CDF sampling"),
+        (RayBundle, "get_ray_samples", "  the sampler: nerfstudio's RaySamples"),
+        (model, "_smoothed_at_samples", "  f_hat at the samples"),
+        (model, "_deferred_colour", "  deferred colour"),
+        (model.field, "composite_appearance", "    of which compositing the features"),
+        (model.field, "decode_colour_heads", "    of which the colour MLPs"),
+        (model, "get_loss_dict", "  the loss"),
+    ]
+    spent = {label: 0.0 for _, _, label in stages}
+    originals = []
+    for owner, attribute, label in stages:
+        original = getattr(owner, attribute)
+        originals.append((owner, attribute, owner.__dict__.get(attribute)))
+
+        def timed(*args, _original=original, _label=label, **kwargs):
+            started = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                spent[_label] += time.perf_counter() - started
+
+        setattr(owner, attribute, timed)
+    try:
+        for i in range(first, first + steps):
+            step(i)
+    finally:
+        for owner, attribute, before in reversed(originals):
+            if before is None:
+                delattr(owner, attribute)
+            else:
+                setattr(owner, attribute, before)
+    total_label = stages[0][2]
+    parts = sum(seconds for label, seconds in spent.items() if label.startswith("  ") and label[2] != " ")
+    spent["  the rest (densities, weights, renderers)"] = spent[total_label] - parts
+    for label, seconds in spent.items():
+        print(f"{1000 * seconds / steps:6.1f} ms/step  {label}")
 
 
 def alternate_blur_blocks(step, first: int, other_block: int, rounds: int, steps_per_turn: int = 25) -> None:
