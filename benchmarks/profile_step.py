@@ -24,6 +24,7 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import Dict
 
 import torch
 
@@ -111,38 +112,37 @@ def main() -> None:
         time_stages(step, pipeline, first_timed + args.timed_steps, args.breakdown)
 
 
-def time_stages(step, pipeline, first: int, steps: int) -> None:
-    """Wall-clock ms per training step in each stage of the forward pass: each stage's function is wrapped in a timer
-    for ``steps`` steps. Indented stages are parts of the one above them."""
+def time_stages(step, pipeline, first: int, steps: int) -> Dict[str, float]:
+    """Wall-clock ms per training step in each stage of the forward pass, printed and returned: each stage's function
+    is wrapped in a timer for ``steps`` steps. A stage of depth 2 is a part of the depth-1 stage above it."""
     from nerfstudio.cameras.rays import RayBundle
 
     from rs_nerfstudio import sampler as rs_sampler
 
     model = pipeline.model
-    stages = [  # (owner, attribute, label), a part after its whole
-        (pipeline, "get_train_loss_dict", "forward pass and loss"),
-        (pipeline.datamanager, "next_train", "  the ray batch (nerfstudio's pixel sampler and ray generator)"),
-        (model.field, "smoothed_occupancy_grid", "  the blur (randomized smoothing of the grid)"),
-        (model.sampler, "coarse_weights", "  the sampler: its coarse march"),
-        (rs_sampler, "bins_near_matter", "    of which the cheaper march that clips it"),
-        (rs_sampler, "sample_packed_pdf", "  the sampler: inverse-CDF sampling"),
-        (RayBundle, "get_ray_samples", "  the sampler: nerfstudio's RaySamples"),
-        (model, "_smoothed_at_samples", "  f_hat at the samples"),
-        (model, "_deferred_colour", "  deferred colour"),
-        (model.field, "composite_appearance", "    of which compositing the features"),
-        (model.field, "decode_colour_heads", "    of which the colour MLPs"),
-        (model, "get_loss_dict", "  the loss"),
+    stages = [  # (owner, attribute, depth, label)
+        (pipeline, "get_train_loss_dict", 0, "forward pass and loss"),
+        (pipeline.datamanager, "next_train", 1, "the ray batch (nerfstudio's pixel sampler and ray generator)"),
+        (model.field, "smoothed_occupancy_grid", 1, "the blur (randomized smoothing of the grid)"),
+        (model.sampler, "coarse_weights", 1, "the sampler: its coarse march"),
+        (rs_sampler, "bins_near_matter", 2, "of which the cheaper march that clips it"),
+        (rs_sampler, "sample_packed_pdf", 1, "the sampler: inverse-CDF sampling"),
+        (RayBundle, "get_ray_samples", 1, "the sampler: nerfstudio's RaySamples"),
+        (model, "_smoothed_at_samples", 1, "f_hat at the samples"),
+        (model, "_deferred_colour", 1, "deferred colour"),
+        (model.field, "composite_appearance", 2, "of which compositing the features"),
+        (model.field, "decode_colour_heads", 2, "of which the colour MLPs"),
+        (model, "get_loss_dict", 1, "the loss"),
     ]
-    spent = {label: 0.0 for _, _, label in stages}
-    originals = []
-    for owner, attribute, label in stages:
-        original = getattr(owner, attribute)
-        originals.append((owner, attribute, owner.__dict__.get(attribute)))
+    spent = {label: 0.0 for _, _, _, label in stages}
+    own_attributes = []  # what each owner held under the name itself (None: it was the class's), to put back
+    for owner, attribute, _, label in stages:
+        own_attributes.append((owner, attribute, vars(owner).get(attribute)))
 
-        def timed(*args, _original=original, _label=label, **kwargs):
+        def timed(*args, _wrapped=getattr(owner, attribute), _label=label, **kwargs):
             started = time.perf_counter()
             try:
-                return _original(*args, **kwargs)
+                return _wrapped(*args, **kwargs)
             finally:
                 spent[_label] += time.perf_counter() - started
 
@@ -151,16 +151,19 @@ def time_stages(step, pipeline, first: int, steps: int) -> None:
         for i in range(first, first + steps):
             step(i)
     finally:
-        for owner, attribute, before in reversed(originals):
-            if before is None:
+        for owner, attribute, own in reversed(own_attributes):
+            if own is None:
                 delattr(owner, attribute)
             else:
-                setattr(owner, attribute, before)
-    total_label = stages[0][2]
-    parts = sum(seconds for label, seconds in spent.items() if label.startswith("  ") and label[2] != " ")
-    spent["  the rest (densities, weights, renderers)"] = spent[total_label] - parts
-    for label, seconds in spent.items():
-        print(f"{1000 * seconds / steps:6.1f} ms/step  {label}")
+                setattr(owner, attribute, own)
+    rest = "the rest (densities, weights, renderers)"
+    depths = {label: depth for _, _, depth, label in stages} | {rest: 1}
+    parts = [label for label, depth in depths.items() if depth == 1 and label != rest]
+    spent[rest] = spent[stages[0][3]] - sum(spent[label] for label in parts)
+    milliseconds = {label: 1000 * seconds / steps for label, seconds in spent.items()}
+    for label, value in milliseconds.items():
+        print(f"{value:6.1f} ms/step  {'  ' * depths[label]}{label}")
+    return milliseconds
 
 
 def alternate_blur_blocks(step, first: int, other_block: int, rounds: int, steps_per_turn: int = 25) -> None:
