@@ -157,9 +157,8 @@ def time_stages(step, pipeline, first: int, steps: int) -> Dict[str, float]:
             else:
                 setattr(owner, attribute, own)
     rest = "the rest (densities, weights, renderers)"
+    spent[rest] = spent[stages[0][3]] - sum(spent[label] for _, _, depth, label in stages if depth == 1)
     depths = {label: depth for _, _, depth, label in stages} | {rest: 1}
-    parts = [label for label, depth in depths.items() if depth == 1 and label != rest]
-    spent[rest] = spent[stages[0][3]] - sum(spent[label] for label in parts)
     milliseconds = {label: 1000 * seconds / steps for label, seconds in spent.items()}
     for label, value in milliseconds.items():
         print(f"{value:6.1f} ms/step  {'  ' * depths[label]}{label}")

@@ -301,22 +301,23 @@ class RSSDFField(Field):
         return steps[:, None] * colour_voxel
 
     @property
-    def colour_offsets(self) -> Float[Tensor, "K 3"]:
-        """Where head k reads its feature grid: at a point shifted by k / heads of a colour voxel along x, y and z.
-        The heads' trilinear interpolation then errs in different places, and their mean is smoother than any one
-        (docs/experiments.md, "Staggered colour grids")."""
+    def colour_offsets(self) -> Optional[Float[Tensor, "K 3"]]:
+        """Where head k reads its feature grid: at a point shifted by k / heads of a colour voxel along x, y and z;
+        None while the heads are aligned. The heads' trilinear interpolation then errs in different places, and their
+        mean is smoother than any one (docs/experiments.md, "Staggered colour grids")."""
+        if not self.staggered:
+            return None
         return self._offsets(grids.voxel_size(self.aabb, self.appearance_shape))
 
     def appearance_features(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N C"]:
         """Colour features at world points, interpolated from the feature grid (each head's, when staggered)."""
-        return grids.interpolate(self.features, points, self.aabb, self.colour_offsets if self.staggered else None)
+        return grids.interpolate(self.features, points, self.aabb, self.colour_offsets)
 
     def composite_appearance(
         self, points: Float[Tensor, "N 3"], shares: Float[Tensor, "N"], ray: Tensor, num_rays: int
     ) -> Float[Tensor, "R C"]:
         """Per ray, the colour features at its points weighted by ``shares`` and summed (``points`` sorted by ray)."""
-        offsets = self.colour_offsets if self.staggered else None
-        return grids.composite(self.features, points, shares, ray, num_rays, self.aabb, offsets)
+        return grids.composite(self.features, points, shares, ray, num_rays, self.aabb, self.colour_offsets)
 
     def decode_colour_heads(
         self, features: Float[Tensor, "N C"], directions: Float[Tensor, "N 3"]
