@@ -12,6 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e .
+	@# ns-render wants an ffmpeg on PATH, even for images; where the machine has none, use imageio-ffmpeg's build
+	command -v ffmpeg >/dev/null || ln -sf "$$($(VENV)/bin/python -c 'import imageio_ffmpeg as f; print(f.get_ffmpeg_exe())')" $(VENV)/bin/ffmpeg
 	touch $@
 
 demo: setup

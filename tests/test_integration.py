@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.conftest import BIN, command
 
 
 def test_training_resumes_from_a_fitted_box(trained_run: Path, tiny_scene: Path, tmp_path: Path) -> None:
@@ -88,6 +93,33 @@ def test_export_interface(trained_run: Path) -> None:
     sdf = pipeline.model.field.forward_geonetwork(points)[:, 0]
     assert sdf.shape == (1000,) and torch.isfinite(sdf).all()
     assert float(sdf.min()) < 0 < float(sdf.max())
+
+
+def test_ns_render_renders_the_model(trained_run: Path, tmp_path: Path) -> None:
+    """``ns-render interpolate`` runs on the CPU, and its frame at the first test camera is the model's render of
+    that view. ns-render refuses to start without an ffmpeg on PATH, even for images: `make setup` links one."""
+    import mediapy
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "CUDA_VISIBLE_DEVICES": ""}
+    assert shutil.which("ffmpeg", path=env["PATH"]), "no ffmpeg on PATH nor in the venv: run `make setup`"
+    frames = tmp_path / "frames"
+    result = subprocess.run(
+        [command("ns-render"), "interpolate", "--load-config", str(trained_run), "--output-path", str(frames),
+         "--output-format", "images", "--image-format", "png", "--interpolation-steps", "1"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    written = sorted(frames.glob("*.png"))
+    assert [path.name for path in written] == ["00000.png"]  # two test cameras, one step from the first to the next
+
+    _, pipeline, _, _ = eval_setup(trained_run, test_mode="inference")
+    with torch.no_grad():
+        expected = pipeline.model.get_outputs_for_camera(pipeline.datamanager.eval_dataset.cameras[0:1])["rgb"]
+    frame = torch.from_numpy(mediapy.read_image(written[0])).float() / 255.0
+    assert frame.shape == expected.shape
+    assert float(expected.std()) > 0.05  # not a blank image
+    assert float((frame - expected.clamp(0, 1)).abs().max()) <= 2.0 / 255.0
 
 
 def test_time_budget_stops_training_and_decays_the_learning_rate(tiny_scene: Path, tmp_path: Path) -> None:
