@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Literal, Optional
+from typing import Callable, Dict, Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -31,6 +31,8 @@ import tyro
 from jaxtyping import Float
 from torch import Tensor
 
+from rs_nerfstudio.outputs import check_outputs, write_atomically
+from rs_nerfstudio.runs import one_line
 from rs_nerfstudio.validation import InputError
 
 BaseOccupancy = Callable[[Tensor], Tensor]
@@ -73,6 +75,8 @@ def check_points(points: Tensor, aabb: Tensor, source: str) -> None:
     """Finite points inside the box, where the grid has data; otherwise say which and how many."""
     if points.ndim != 2 or points.shape[1] != 3:
         raise InputError(f"{source}: query points must be an N x 3 array, got shape {tuple(points.shape)}")
+    if len(points) == 0:
+        raise InputError(f"{source}: holds no query points")
     bad = ~torch.isfinite(points).all(dim=1)
     if bad.any():
         first = int(bad.nonzero()[0])
@@ -182,9 +186,10 @@ def load_points(path: Path) -> Tensor:
             array = np.genfromtxt(path, delimiter="," if path.suffix == ".csv" else None, skip_header=0)
             if array.ndim == 2 and np.isnan(array[0]).all():
                 array = array[1:]  # a header row
-    except (OSError, ValueError) as error:
-        raise InputError(f"unreadable query points {path}: {error}") from None
-    return torch.as_tensor(np.atleast_2d(array), dtype=torch.float32)
+        array = np.atleast_2d(np.asarray(array, dtype=np.float32))
+    except (OSError, ValueError, TypeError) as error:
+        raise InputError(f"unreadable query points {path}: {one_line(error)}") from None
+    return torch.from_numpy(array)
 
 
 def generated_points(model, kind: Literal["band", "box"], count: int, seed: int) -> Tensor:
@@ -232,12 +237,23 @@ class CertifyConfig:
     """Seed of the generated points and the noise."""
     output: Path = Path("certify")
     """Report prefix: writes <output>.json (summary) and <output>.npz (per point)."""
+    overwrite: bool = False
+    """Replace the report's files if they exist."""
+
+    def report_paths(self) -> Tuple[Path, Path]:
+        """<output>.json and <output>.npz; an --output ending in .json or .npz names the pair too."""
+        prefix = self.output.with_suffix("") if self.output.suffix in (".json", ".npz") else self.output
+        return prefix.parent / f"{prefix.name}.json", prefix.parent / f"{prefix.name}.npz"
 
     def main(self) -> Dict[str, float]:
         from rs_nerfstudio.runs import load_model
 
+        if self.points is None and self.num_points < 1:
+            raise InputError(f"--num-points must be at least 1, got {self.num_points}")
         if self.monte_carlo:
             check_sample_sizes(self.n0, self.n, self.alpha, self.mode)
+        json_path, npz_path = self.report_paths()
+        check_outputs([json_path, npz_path], self.overwrite)
         model, _ = load_model(self.load_config)
         model.field.render_sigma, model.field.render_level = None, 0.0
         sigma = model.field.sigma
@@ -267,12 +283,12 @@ class CertifyConfig:
                 mc_radius=result.radius, mc_abstain=result.abstain, mc_p_lower=result.p_lower,
                 mc_p_estimate=result.p_estimate, mc_predicted_inside=result.predicted_inside,
             )  # fmt: skip
-        self.output.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(self.output.with_suffix(".npz"), **arrays)
-        self.output.with_suffix(".json").write_text(json.dumps(summary, indent=2), encoding="utf8")
+        write_atomically(npz_path, lambda path: np.savez_compressed(path, **arrays), self.overwrite)
+        text = json.dumps(summary, indent=2)
+        write_atomically(json_path, lambda path: path.write_text(text, encoding="utf8"), self.overwrite)
         for key, value in summary.items():
             print(f"{key:40s} {value:.6g}")
-        print(f"rs-certify: wrote {self.output.with_suffix('.json')} and {self.output.with_suffix('.npz')}")
+        print(f"rs-certify: wrote {json_path} and {npz_path}")
         return summary
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import tyro
 
+from rs_nerfstudio.validation import InputError
+
 
 @dataclass
 class DemoConfig:
@@ -32,12 +34,18 @@ class DemoConfig:
 def run_demo(config: DemoConfig) -> dict:
     """Make (or reuse) the scene, train, evaluate on the test split; return the metrics and where the run is."""
     from rs_nerfstudio.config import rs_sdf_trainer_config
-    from rs_nerfstudio.scenes import make_scene
+    from rs_nerfstudio.scenes import SceneError, make_scene
 
+    if not config.train_seconds > 0:
+        raise InputError(f"--train-seconds must be positive, got {config.train_seconds}")
     scene_dir = config.output_dir / "scene"
     if not (scene_dir / "scene.json").is_file():
-        make_scene(scene_dir, shape=config.shape, image_size=config.image_size)
+        try:
+            make_scene(scene_dir, shape=config.shape, image_size=config.image_size)
+        except (SceneError, OSError) as error:
+            raise InputError(str(error)) from None
     else:
+        check_reused_scene(scene_dir, config)
         print(f"rs-demo: reusing the scene in {scene_dir}")
 
     trainer_config = rs_sdf_trainer_config()
@@ -58,6 +66,20 @@ def run_demo(config: DemoConfig) -> dict:
     metrics = evaluate_run(config_path)
     print_summary(config_path, metrics)
     return {"config": str(config_path), **metrics}
+
+
+def check_reused_scene(scene_dir: Path, config: DemoConfig) -> None:
+    """The scene already in ``scene_dir`` is the one the flags ask for; a run of another would be filed wrongly."""
+    try:
+        made = json.loads((scene_dir / "scene.json").read_text(encoding="utf8"))
+    except (OSError, ValueError) as error:
+        raise InputError(f"unreadable {scene_dir / 'scene.json'}: {error}") from None
+    asked = {"shape": config.shape, "image_size": config.image_size}
+    if any(made.get(key) != value for key, value in asked.items()):
+        raise InputError(
+            f"{scene_dir} holds a '{made.get('shape')}' scene of {made.get('image_size')} px, not the '{config.shape}' "
+            f"scene of {config.image_size} px asked for: pass those flags, or another --output-dir"
+        )
 
 
 def evaluate_run(config_path: Path) -> dict:

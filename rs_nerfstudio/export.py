@@ -9,8 +9,6 @@ vertices, and the same mesh as one marching-cubes call over the whole lattice.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Optional, Tuple, Union
@@ -20,6 +18,7 @@ import torch
 import tyro
 from typing_extensions import Annotated
 
+from rs_nerfstudio.outputs import check_outputs, write_atomically
 from rs_nerfstudio.validation import InputError
 
 SDFFunction = Callable[[torch.Tensor], torch.Tensor]
@@ -159,21 +158,6 @@ def surface_cells(model) -> int:
     return crossings
 
 
-def write_atomically(path: Path, write: Callable[[Path], None], overwrite: bool) -> None:
-    """Write through a temporary file beside ``path`` and rename: no partial files; never replace unasked."""
-    if path.exists() and not overwrite:
-        raise InputError(f"{path} exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def box_of(model, bbox_min, bbox_max) -> Tuple[np.ndarray, np.ndarray]:
     aabb = model.field.aabb.cpu().numpy().astype(np.float64)
     low = aabb[0] if bbox_min is None else np.asarray(bbox_min, dtype=np.float64)
@@ -218,6 +202,14 @@ class ExportMesh(_RunCommand):
     def main(self) -> Path:
         if not 8 <= self.resolution <= MAX_RESOLUTION:
             raise InputError(f"--resolution must be between 8 and {MAX_RESOLUTION}, got {self.resolution}")
+        if self.block_size < 1:
+            raise InputError(f"--block-size must be at least 1, got {self.block_size}")
+        if self.keep_components < 0:
+            raise InputError(f"--keep-components must be 0 (keep all) or more, got {self.keep_components}")
+        if self.target_faces is not None and self.target_faces < 4:
+            raise InputError(f"--target-faces must be at least 4, got {self.target_faces}")
+        path = self.output_dir / f"mesh.{self.format}"
+        check_outputs([path], self.overwrite)
         from rs_nerfstudio.grid import available_memory_bytes
         from rs_nerfstudio.runs import load_model
 
@@ -235,7 +227,6 @@ class ExportMesh(_RunCommand):
         vertices, faces = self._extract(model, lattice)
         mesh = self._postprocess(vertices, faces)
         mesh.visual.vertex_colors = vertex_colours(model, np.asarray(mesh.vertices))
-        path = self.output_dir / f"mesh.{self.format}"
         write_atomically(path, lambda tmp: mesh.export(tmp, file_type=self.format), self.overwrite)
         print(f"rs-export: wrote {len(mesh.vertices)} vertices, {len(mesh.faces)} faces to {path}")
         return path
@@ -283,6 +274,10 @@ class ExportSdf(_RunCommand):
     """Nodes along the box's longest side."""
 
     def main(self) -> Path:
+        if self.resolution < 2:
+            raise InputError(f"--resolution must be at least 2, got {self.resolution}")
+        path = self.output_dir / "weak_sdf.npz"
+        check_outputs([path], self.overwrite)
         from rs_nerfstudio.runs import load_model
 
         model, _ = load_model(self.load_config)
@@ -294,7 +289,6 @@ class ExportSdf(_RunCommand):
         if needed > available_memory_bytes("cpu"):
             raise InputError(f"--resolution {self.resolution} needs ~{needed / 2**30:.1f} GiB; lower it")
         values = evaluate_block(run_sdf_function(model), lattice, (0, 0, 0), lattice.counts)
-        path = self.output_dir / "weak_sdf.npz"
         write_atomically(
             path,
             lambda tmp: np.savez_compressed(
@@ -317,6 +311,10 @@ class ExportSlices(_RunCommand):
     """Pixels along each image's longer side."""
 
     def main(self) -> Path:
+        if self.resolution < 2:
+            raise InputError(f"--resolution must be at least 2, got {self.resolution}")
+        planes = ((2, "xy"), (1, "xz"), (0, "yz"))
+        check_outputs([self.output_dir / f"slice_{name}.png" for _, name in planes], self.overwrite)
         from rs_nerfstudio.runs import load_model
 
         model, _ = load_model(self.load_config)
@@ -327,7 +325,7 @@ class ExportSlices(_RunCommand):
         sigma = model.field.sigma
         sdf_fn = run_sdf_function(model)
         written = []
-        for normal, name in ((2, "xy"), (1, "xz"), (0, "yz")):
+        for normal, name in planes:
             axes = [a for a in range(3) if a != normal]
             path = self.output_dir / f"slice_{name}.png"
             image = slice_values(sdf_fn, low, high, centre, axes, normal, self.resolution)

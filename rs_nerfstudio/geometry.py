@@ -16,6 +16,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import tyro
 
+from rs_nerfstudio.outputs import check_outputs, write_atomically
 from rs_nerfstudio.validation import InputError
 
 F_SCORE_FRACTIONS = (0.005, 0.01)
@@ -81,7 +82,7 @@ def weak_sdf_metrics(model, ground_truth, num_points: int = 20_000, seed: int = 
     import trimesh
 
     if not ground_truth.is_watertight:
-        raise InputError("the ground-truth mesh is not watertight, so its signed distance is undefined")
+        raise InputError("the ground-truth mesh (--gt-mesh) is not watertight, so its signed distance is undefined")
     field = model.field
     sigma, voxel = field.sigma, field.voxel_length
     rng = np.random.default_rng(seed)
@@ -89,6 +90,8 @@ def weak_sdf_metrics(model, ground_truth, num_points: int = 20_000, seed: int = 
     points = surface + rng.normal(scale=1.5 * sigma, size=surface.shape)
     aabb = field.aabb.cpu().numpy()
     points = points[((points > aabb[0]) & (points < aabb[1])).all(axis=1)]
+    if len(points) == 0:
+        raise InputError("no point near the ground truth's surface lies in the run's scene box: is it the run's scene?")
     true_sdf = -trimesh.proximity.signed_distance(ground_truth, points)  # trimesh: positive inside
     with torch.no_grad():
         weak = field.weak_sdf(torch.from_numpy(points).float().to(field.aabb.device)).cpu().numpy()
@@ -119,12 +122,17 @@ class GeometryConfig:
     """An rs-sdf run's config.yml: also score its weak SDF against the ground truth's signed distance."""
     output: Path = Path("geometry.json")
     """Where to write the metrics."""
+    overwrite: bool = False
+    """Replace --output if it exists."""
     num_points: int = 200_000
     """Points sampled on each surface."""
     seed: int = 0
     """Seed of the surface sampling."""
 
     def main(self) -> Dict[str, float]:
+        if self.num_points < 1:
+            raise InputError(f"--num-points must be at least 1, got {self.num_points}")
+        check_outputs([self.output], self.overwrite)
         predicted, ground_truth = load_mesh(self.mesh), load_mesh(self.gt_mesh)
         metrics = mesh_metrics(predicted, ground_truth, self.num_points, self.seed)
         if self.load_config is not None:
@@ -132,8 +140,8 @@ class GeometryConfig:
 
             model, _ = load_model(self.load_config)
             metrics.update(weak_sdf_metrics(model, ground_truth, seed=self.seed))
-        self.output.parent.mkdir(parents=True, exist_ok=True)
-        self.output.write_text(json.dumps(metrics, indent=2), encoding="utf8")
+        text = json.dumps(metrics, indent=2)
+        write_atomically(self.output, lambda path: path.write_text(text, encoding="utf8"), self.overwrite)
         for key, value in metrics.items():
             print(f"{key:45s} {value:.6g}")
         print(f"rs-eval-geometry: wrote {self.output}")

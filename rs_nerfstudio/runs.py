@@ -22,15 +22,22 @@ def load_model(config_path: Path) -> Tuple["RSSDFModel", int]:
         raise InputError(f"no run config at {config_path} (pass the config.yml that ns-train wrote)")
     try:
         config = yaml.load(config_path.read_text(encoding="utf8"), Loader=yaml.Loader)
-    except (yaml.YAMLError, ImportError, AttributeError) as error:
-        raise InputError(f"unreadable run config {config_path}: {error}") from None
+    except (yaml.YAMLError, ImportError, AttributeError, ValueError) as error:  # ValueError: not UTF-8 text
+        raise InputError(f"unreadable run config {config_path}: {one_line(error)}") from None
     if getattr(config, "method_name", None) != "rs-sdf":
         raise InputError(f"{config_path} is a '{getattr(config, 'method_name', '?')}' run, not an rs-sdf run")
-    checkpoints = sorted(config.get_checkpoint_dir().glob("step-*.ckpt"))
+    # Beside the config, where ns-train put them: the config's own output_dir is relative to where ns-train ran.
+    checkpoint_dir = config_path.parent / config.relative_model_dir
+    checkpoints = sorted(checkpoint_dir.glob("step-*.ckpt"))
     if not checkpoints:
-        raise InputError(f"no checkpoint in {config.get_checkpoint_dir()}: the run has not saved one yet")
+        raise InputError(f"no checkpoint in {checkpoint_dir}: the run has not saved one yet")
 
     return model_from_checkpoint(config, checkpoints[-1])
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message with its line breaks folded, for a one-line error."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def model_from_checkpoint(config, checkpoint: Path) -> Tuple["RSSDFModel", int]:
@@ -39,17 +46,23 @@ def model_from_checkpoint(config, checkpoint: Path) -> Tuple["RSSDFModel", int]:
     import torch
     from nerfstudio.data.scene_box import SceneBox
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        pipeline_state, step = state["pipeline"], int(state["step"])
+    except Exception as error:  # torch raises a different error for each way a file can be damaged
+        raise InputError(f"unreadable checkpoint {checkpoint}: {type(error).__name__}: {one_line(error)}") from None
+    if not isinstance(pipeline_state, dict):
+        raise InputError(f"{checkpoint} holds no rs-sdf field")
     prefix = "_model."
     model_state = {
         key.removeprefix("module.")[len(prefix) :]: value
-        for key, value in state["pipeline"].items()
+        for key, value in pipeline_state.items()
         if key.removeprefix("module.").startswith(prefix)
     }
     if "field.aabb" not in model_state:
         raise InputError(f"{checkpoint} holds no rs-sdf field")
     model = config.pipeline.model.setup(scene_box=SceneBox(aabb=model_state["field.aabb"]), num_train_data=0)
-    model.update_to_step(state["step"])
+    model.update_to_step(step)
     model.load_state_dict(model_state)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), int(state["step"])
+    return model.to(device).eval(), step

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,3 +92,23 @@ def test_bad_points(tmp_path) -> None:
     torch.testing.assert_close(load_points(csv), torch.tensor([[0.1, 0.2, 0.3], [-0.5, 0.0, 0.25]]))
     with pytest.raises(InputError, match="not found"):
         load_points(tmp_path / "absent.npy")
+    words = tmp_path / "words.npy"
+    np.save(words, np.array([["a", "b", "c"]]))
+    with pytest.raises(InputError, match="unreadable query points .*words.npy"):
+        load_points(words)
+    with pytest.raises(InputError, match="no query points"):
+        check_points(torch.zeros(0, 3), box, "empty.npy")
+
+
+def test_report_files_are_named_and_never_replaced_unasked(tmp_path: Path) -> None:
+    from rs_nerfstudio.certify import CertifyConfig
+
+    absent = tmp_path / "no-run" / "config.yml"
+    for output in ("lego_sigma0.5", "lego_sigma0.5.json", "lego_sigma0.5.npz"):
+        paths = CertifyConfig(absent, output=tmp_path / output).report_paths()
+        assert [p.name for p in paths] == ["lego_sigma0.5.json", "lego_sigma0.5.npz"]
+    (tmp_path / "lego_sigma0.5.npz").write_bytes(b"earlier results")
+    with pytest.raises(InputError, match="lego_sigma0.5.npz exists; pass --overwrite"):
+        CertifyConfig(absent, output=tmp_path / "lego_sigma0.5").main()
+    with pytest.raises(InputError, match="--num-points"):
+        CertifyConfig(absent, output=tmp_path / "other", num_points=0).main()

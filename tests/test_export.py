@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
-from rs_nerfstudio.export import Lattice, extract_mesh, weld
+from rs_nerfstudio.export import ExportMesh, ExportSdf, ExportSlices, Lattice, extract_mesh, weld
 from rs_nerfstudio.scenes import get_shape
 from rs_nerfstudio.validation import InputError
 from tests.conftest import command
@@ -106,3 +107,46 @@ def test_run_without_checkpoint_is_refused(trained_run: Path, tmp_path: Path) ->
         load_model(moved)
     with pytest.raises(InputError, match="no run config"):
         load_model(tmp_path / "missing.yml")
+
+
+def test_a_copied_run_reads_its_own_checkpoint(trained_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """Checkpoints are looked for beside config.yml, not where the config's output_dir pointed when ns-train ran."""
+    from rs_nerfstudio.runs import load_model
+
+    copy = Path(shutil.copytree(trained_run.parent, tmp_path / "copy"))
+    monkeypatch.chdir(tmp_path)
+    _, step = load_model(copy / "config.yml")
+    assert step == 59
+    checkpoints = sorted((copy / "nerfstudio_models").glob("step-*.ckpt"))
+    checkpoints[-1].write_bytes(checkpoints[-1].read_bytes()[:5000])  # cut short
+    with pytest.raises(InputError, match=f"unreadable checkpoint .*{checkpoints[-1].name}"):
+        load_model(copy / "config.yml")
+    for checkpoint in checkpoints:
+        checkpoint.unlink()
+    with pytest.raises(InputError, match="no checkpoint in .*copy"):  # the original run's are not read instead
+        load_model(copy / "config.yml")
+    (copy / "config.yml").write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(InputError, match="unreadable run config"):
+        load_model(copy / "config.yml")
+
+
+def test_bad_numbers_and_existing_outputs_are_refused_before_the_run_is_read(tmp_path: Path) -> None:
+    absent = tmp_path / "no-run" / "config.yml"  # never opened: each check comes first
+    for command_, flag in (
+        (ExportMesh(absent, block_size=0), "--block-size"),
+        (ExportMesh(absent, keep_components=-1), "--keep-components"),
+        (ExportMesh(absent, target_faces=0), "--target-faces"),
+        (ExportSdf(absent, resolution=1), "--resolution"),
+        (ExportSlices(absent, resolution=0), "--resolution"),
+    ):
+        with pytest.raises(InputError, match=flag):
+            command_.main()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "slice_xz.png").write_bytes(b"mine")
+    with pytest.raises(InputError, match="slice_xz.png exists"):
+        ExportSlices(absent, output_dir=out).main()
+    assert sorted(p.name for p in out.iterdir()) == ["slice_xz.png"]  # no slice written before the refusal
+    (tmp_path / "a-file").write_text("mine")
+    with pytest.raises(InputError, match="a-file is a file, not a folder"):
+        ExportSdf(absent, output_dir=tmp_path / "a-file" / "sub").main()

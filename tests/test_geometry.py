@@ -60,3 +60,15 @@ def test_cli_on_a_run(trained_run: Path, tiny_scene: Path, tmp_path: Path) -> No
     assert metrics["f_score@1.0%"] > 0.99  # the ground truth against itself
     assert metrics["band_points"] > 1000 and math.isfinite(metrics["weak_sdf_median_abs_error"])
     assert 0.0 <= metrics["bound_violated_fraction"] <= 1.0
+
+
+def test_existing_output_and_bad_numbers_are_refused(tmp_path: Path) -> None:
+    from rs_nerfstudio.geometry import GeometryConfig
+
+    mesh = tmp_path / "mine.ply"
+    mesh.write_text("a user's mesh")
+    with pytest.raises(InputError, match="mine.ply exists; pass --overwrite"):
+        GeometryConfig(mesh=mesh, gt_mesh=mesh, output=mesh).main()
+    assert mesh.read_text() == "a user's mesh"
+    with pytest.raises(InputError, match="--num-points"):
+        GeometryConfig(mesh=mesh, gt_mesh=mesh, output=tmp_path / "out.json", num_points=0).main()

@@ -1,0 +1,48 @@
+"""Writing the files a user asks for: checked before any work starts, never replacing a file unasked, never left
+half-written, and readable as the user's other files are (their umask, not a temporary file's owner-only mode)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+from rs_nerfstudio.validation import InputError
+
+
+def check_outputs(paths: Iterable[Path], overwrite: bool) -> None:
+    """One line of error, before any work is done, for an output that is a folder, that exists (unless
+    ``overwrite``), or whose folder cannot be made because a file stands in its way."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            raise InputError(f"{path} is a folder; name a file to write")
+        if path.exists() and not overwrite:
+            raise InputError(f"{path} exists; pass --overwrite to replace it")
+        ancestor = path.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if ancestor.exists() and not ancestor.is_dir():
+            raise InputError(f"cannot write {path}: {ancestor} is a file, not a folder")
+
+
+def write_atomically(path: Path, write: Callable[[Path], None], overwrite: bool) -> None:
+    """Write through a temporary file beside ``path`` and rename it into place."""
+    check_outputs([path], overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes it 0600
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (reading it means setting it, so it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
