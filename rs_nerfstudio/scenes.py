@@ -297,11 +297,13 @@ def make_scene(
         ("sdf_resolution", sdf_resolution, 2),
     ):
         if value < least:
-            raise SceneError(f"{name} must be at least {least}, got {value}")
+            raise SceneError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
+    if not 0 <= seed < 2**63:
+        raise SceneError(f"--seed must be in [0, 2^63), got {seed}")
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"{output_dir} exists and is not a folder")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output_dir} exists and is not empty; choose another folder or pass overwrite")
+        raise FileExistsError(f"{output_dir} exists and is not empty; choose another folder or pass --overwrite")
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.partial"

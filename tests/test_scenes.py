@@ -242,7 +242,7 @@ def test_existing_folder_is_not_overwritten(tmp_path: Path) -> None:
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"rs-scene: error: {target} exists and is not empty; "
-                                                  "choose another folder or pass overwrite"]  # fmt: skip
+                                                  "choose another folder or pass --overwrite"]  # fmt: skip
     assert [p.name for p in target.iterdir()] == ["notes.txt"]
     scenes.make_scene(target, overwrite=True, **TINY)
     assert not (target / "notes.txt").exists() and (target / "transforms_train.json").is_file()
@@ -263,8 +263,9 @@ def test_a_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.Mon
     "arguments, message",
     [
         (["--shape", "cube"], "unknown shape 'cube'"),
-        (["--image-size", "0"], "image_size must be at least 1, got 0"),
-        (["--num-val", "-1"], "num_val must be at least 1, got -1"),
+        (["--image-size", "0"], "--image-size must be at least 1, got 0"),
+        (["--num-val", "-1"], "--num-val must be at least 1, got -1"),
+        (["--seed", "99999999999999999999"], "--seed must be in [0, 2^63)"),
     ],
 )
 def test_cli_refuses_bad_input_in_one_line(
