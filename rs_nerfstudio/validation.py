@@ -39,31 +39,50 @@ def check_blender_folder(data: Path, splits: Iterable[str] = BLENDER_SPLITS_FOR_
         try:
             meta = json.loads(transforms.read_text(encoding="utf8"))
             frames = meta["frames"]
-            float(meta["camera_angle_x"])
+            angle = float(meta["camera_angle_x"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise InputError(f"unreadable transforms file {transforms}: {type(error).__name__}: {error}") from None
+        if not 0.0 < angle < math.pi:
+            raise InputError(f"camera_angle_x of {transforms} must be a field of view in (0, pi) radians, got {angle}")
+        if not isinstance(frames, list):
+            raise InputError(f"frames of {transforms} must be a list of frames")
         if not frames:
             raise InputError(f"no frames in {transforms}")
+        for index, frame in enumerate(frames):
+            if not isinstance(frame, dict) or not isinstance(frame.get("file_path"), str):
+                raise InputError(f"frame {index} of {transforms} has no file_path")
         check_images(data / f"{frame['file_path']}.png" for frame in frames)
         check_poses(transforms, [frame.get("transform_matrix") for frame in frames])
 
 
 def check_images(paths: Iterable[Path]) -> None:
-    """Every image exists and decodes."""
+    """Every image exists and decodes, in a mode nerfstudio loads, and all are the size of the first."""
     from PIL import Image, UnidentifiedImageError
 
+    first = None
     for path in paths:
         if not path.is_file():
             raise InputError(f"image named in the transforms is missing: {path}")
         try:
             with Image.open(path) as image:
                 image.verify()
+                size, mode = image.size, image.mode
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
             raise InputError(f"unreadable image {path}: {error}") from None
+        if mode in ("LA", "PA"):  # two channels, which nerfstudio's loader rejects
+            raise InputError(f"image {path} is {mode} (grey or palette with alpha); save it as RGBA")
+        if first is None:
+            first = (path, size)
+        elif size != first[1]:
+            raise InputError(
+                f"image {path} is {size[0]}x{size[1]} pixels, but {first[0]} is {first[1][0]}x{first[1][1]}: "
+                "the images of a split must share one size"
+            )
 
 
 def check_poses(source: Path, matrices: List) -> None:
-    """Every camera-to-world matrix is 4x4 (or 3x4) and finite."""
+    """Every camera-to-world matrix is 4x4 (or 3x4, all alike) and finite."""
+    shapes = set()
     for index, matrix in enumerate(matrices):
         try:
             rows = [[float(value) for value in row] for row in matrix]
@@ -73,6 +92,9 @@ def check_poses(source: Path, matrices: List) -> None:
             raise InputError(f"frame {index} of {source}: transform_matrix must be 4x4, got {len(rows)} rows")
         if not all(math.isfinite(value) for row in rows for value in row):
             raise InputError(f"frame {index} of {source}: transform_matrix has NaN or infinite values")
+        shapes.add(len(rows))
+        if len(shapes) > 1:
+            raise InputError(f"frame {index} of {source}: transform_matrix has {len(rows)} rows, earlier frames another")
 
 
 def check_generic_dataparser(config: "TrainerConfig") -> None:
@@ -85,7 +107,7 @@ def check_generic_dataparser(config: "TrainerConfig") -> None:
         raise InputError(f"data not found: {data}")
     try:
         outputs = datamanager.dataparser.setup().get_dataparser_outputs(split="train")
-    except (FileNotFoundError, AssertionError, ValueError, KeyError, json.JSONDecodeError) as error:
+    except (FileNotFoundError, AssertionError, ValueError, KeyError, IndexError, json.JSONDecodeError) as error:
         raise InputError(f"cannot read the dataset at {data}: {type(error).__name__}: {error}") from None
     check_images(Path(name) for name in outputs.image_filenames)
     if not torch.isfinite(outputs.cameras.camera_to_worlds).all():
@@ -113,7 +135,8 @@ def check_grid_fits(config: "TrainerConfig") -> None:
     if needed > available:
         raise InputError(
             f"--pipeline.model.grid-resolution {model.grid_resolution} with --pipeline.model.appearance-resolution "
-            f"{model.appearance_resolution} needs ~{needed / 2**30:.1f} GiB to train, but only "
+            f"{model.appearance_resolution}, --pipeline.model.appearance-dim {model.appearance_dim} and "
+            f"--pipeline.model.colour-heads {model.colour_heads} needs ~{needed / 2**30:.1f} GiB to train, but only "
             f"{available / 2**30:.1f} GiB is free on {config.machine.device_type}; lower them"
         )
 
@@ -137,16 +160,56 @@ def check_empty_space_threshold(config: "TrainerConfig") -> None:
         )
 
 
-def check_colour_heads(config: "TrainerConfig") -> None:
-    """At least one colour decoder."""
-    heads = config.pipeline.model.colour_heads
-    if heads < 1:
-        raise InputError(f"--pipeline.model.colour-heads must be at least 1, got {heads}")
+def check_settings(config: "TrainerConfig") -> None:
+    """Counts and scales that must be positive, each named by its flag: zero or negative ones would fail in the first
+    step (a division by zero, an empty tensor) or train something meaningless (sigma 0: a weak SDF of 0)."""
+    model, prefix = config.pipeline.model, "--pipeline.model."
+    counts = {
+        f"{prefix}grid-resolution": (model.grid_resolution, 2),
+        f"{prefix}appearance-resolution": (model.appearance_resolution, 2),
+        f"{prefix}appearance-dim": (model.appearance_dim, 1),
+        f"{prefix}colour-heads": (model.colour_heads, 1),
+        f"{prefix}hidden-dim": (model.hidden_dim, 1),
+        f"{prefix}num-samples": (model.num_samples, 1),
+        f"{prefix}mask-refresh-steps": (model.mask_refresh_steps, 1),
+        "--pipeline.datamanager.train-num-rays-per-batch": (config.pipeline.datamanager.train_num_rays_per_batch, 1),
+    }
+    for flag, (value, least) in counts.items():
+        if value < least:
+            raise InputError(f"{flag} must be at least {least}, got {value}")
+    scales = {
+        f"{prefix}sigma": model.sigma,
+        f"{prefix}steepness": model.steepness,
+        f"{prefix}initial-steepness": model.initial_steepness,
+        f"{prefix}coarse-step": model.coarse_step,
+        f"{prefix}density-eps": model.density_eps,
+    }
+    if model.train_time_budget is not None:
+        scales[f"{prefix}train-time-budget"] = model.train_time_budget
+    for flag, value in scales.items():
+        if not (math.isfinite(value) and value > 0):
+            raise InputError(f"{flag} must be positive, got {value}")
+
+
+def check_resume(config: "TrainerConfig") -> None:
+    """--load-dir holds a checkpoint (the one --load-step names, if given); --load-checkpoint is a file."""
+    if config.load_dir is not None:
+        load_dir = Path(config.load_dir)
+        if not load_dir.is_dir():
+            raise InputError(f"--load-dir {load_dir}: no such folder")
+        if config.load_step is not None:
+            wanted = load_dir / f"step-{config.load_step:09d}.ckpt"
+            if not wanted.is_file():
+                raise InputError(f"--load-step {config.load_step}: no {wanted.name} in {load_dir}")
+        elif not any(load_dir.glob("step-*.ckpt")):
+            raise InputError(f"--load-dir {load_dir} holds no checkpoint (step-*.ckpt)")
+    if config.load_checkpoint is not None and not Path(config.load_checkpoint).is_file():
+        raise InputError(f"--load-checkpoint {config.load_checkpoint}: no such file")
 
 
 def check_training_inputs(config: "TrainerConfig") -> None:
-    """All checks for ``ns-train rs-sdf``: the data, the colour heads, the memory the grids will take, the
-    empty-space threshold."""
+    """All checks for ``ns-train rs-sdf``: the data, the settings, the checkpoint to resume from, the memory the
+    grids will take, the empty-space threshold."""
     from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 
     datamanager = config.pipeline.datamanager
@@ -156,6 +219,7 @@ def check_training_inputs(config: "TrainerConfig") -> None:
         check_blender_folder(Path(datamanager.dataparser.data))
     else:
         check_generic_dataparser(config)
-    check_colour_heads(config)
+    check_settings(config)
+    check_resume(config)
     check_grid_fits(config)
     check_empty_space_threshold(config)

@@ -74,8 +74,85 @@ def test_grid_too_large_for_memory(scene_copy: Path) -> None:
     assert "--pipeline.model.grid-resolution" in message and "GiB" in message
 
 
-def test_no_colour_heads(scene_copy: Path) -> None:
-    assert "--pipeline.model.colour-heads must be at least 1, got 0" in check(scene_copy, colour_heads=0)
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("colour_heads", 0, "--pipeline.model.colour-heads must be at least 1, got 0"),
+        ("num_samples", 0, "--pipeline.model.num-samples must be at least 1, got 0"),
+        ("appearance_dim", 0, "--pipeline.model.appearance-dim must be at least 1"),
+        ("hidden_dim", 0, "--pipeline.model.hidden-dim must be at least 1"),
+        ("grid_resolution", 0, "--pipeline.model.grid-resolution must be at least 2"),
+        ("mask_refresh_steps", 0, "--pipeline.model.mask-refresh-steps must be at least 1"),
+        ("sigma", 0.0, "--pipeline.model.sigma must be positive, got 0.0"),
+        ("sigma", float("nan"), "--pipeline.model.sigma must be positive, got nan"),
+        ("steepness", -5.0, "--pipeline.model.steepness must be positive"),
+        ("initial_steepness", 0.0, "--pipeline.model.initial-steepness must be positive"),
+        ("density_eps", 0.0, "--pipeline.model.density-eps must be positive"),
+        ("train_time_budget", -5.0, "--pipeline.model.train-time-budget must be positive, got -5.0"),
+    ],
+)
+def test_settings_that_would_fail_or_mean_nothing(scene_copy: Path, setting: str, value, message: str) -> None:
+    assert message in check(scene_copy, **{setting: value})
+
+
+def test_rays_per_batch(scene_copy: Path) -> None:
+    config = config_for(scene_copy)
+    config.pipeline.datamanager.train_num_rays_per_batch = 0
+    with pytest.raises(InputError, match="--pipeline.datamanager.train-num-rays-per-batch must be at least 1"):
+        check_training_inputs(config)
+
+
+def test_resume_from_a_folder_without_the_checkpoint(scene_copy: Path, tmp_path: Path) -> None:
+    config = config_for(scene_copy)
+    config.load_dir = tmp_path / "nowhere"
+    with pytest.raises(InputError, match="--load-dir .*nowhere: no such folder"):
+        check_training_inputs(config)
+    config.load_dir = tmp_path
+    with pytest.raises(InputError, match="holds no checkpoint"):
+        check_training_inputs(config)
+    (tmp_path / "step-000000005.ckpt").write_bytes(b"")
+    check_training_inputs(config)
+    config.load_step = 7
+    with pytest.raises(InputError, match="--load-step 7: no step-000000007.ckpt in"):
+        check_training_inputs(config)
+
+
+def edit_frames(scene: Path, split: str, edit) -> None:
+    transforms = scene / f"transforms_{split}.json"
+    meta = json.loads(transforms.read_text(encoding="utf8"))
+    edit(meta)
+    transforms.write_text(json.dumps(meta), encoding="utf8")
+
+
+@pytest.mark.parametrize(
+    "split, edit, message",
+    [
+        ("train", lambda meta: meta["frames"][1].pop("file_path"), "frame 1 of {} has no file_path"),
+        ("train", lambda meta: meta.update(frames="abc"), "frames of {} must be a list of frames"),
+        ("val", lambda meta: meta.update(camera_angle_x=0.0), "camera_angle_x of {} must be a field of view"),
+    ],
+)
+def test_frames_without_a_file_path_or_a_field_of_view(scene_copy: Path, split: str, edit, message: str) -> None:
+    edit_frames(scene_copy, split, edit)
+    assert message.format(scene_copy / f"transforms_{split}.json") in check(scene_copy)
+
+
+def test_images_of_another_size_or_mode(scene_copy: Path) -> None:
+    from PIL import Image
+
+    odd = scene_copy / "train" / "r_3.png"
+    with Image.open(odd) as image:
+        image.convert("LA").save(odd)
+    assert f"image {odd} is LA" in check(scene_copy)
+    with Image.open(scene_copy / "train" / "r_0.png") as image:
+        image.resize((48, 48)).save(odd)
+    assert f"image {odd} is 48x48 pixels, but" in check(scene_copy)
+
+
+def test_pose_matrices_of_mixed_shapes(scene_copy: Path) -> None:
+    edit_frames(scene_copy, "train", lambda meta: meta["frames"][2].update(
+        transform_matrix=meta["frames"][2]["transform_matrix"][:3]))
+    assert "frame 2 of" in check(scene_copy) and "earlier frames another" in check(scene_copy)
 
 
 def test_empty_space_threshold_above_the_starting_fog(scene_copy: Path) -> None:
@@ -98,4 +175,5 @@ def test_ns_train_reports_one_line_and_writes_nothing(scene_copy: Path, tmp_path
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: image named in the transforms is missing") and "r_0.png" in last
+    assert "method_name" not in result.stdout  # refused before nerfstudio prints the config
     assert not output.exists()
