@@ -92,9 +92,19 @@ def check_poses(source: Path, matrices: List) -> None:
             raise InputError(f"frame {index} of {source}: transform_matrix must be 4x4, got {len(rows)} rows")
         if not all(math.isfinite(value) for row in rows for value in row):
             raise InputError(f"frame {index} of {source}: transform_matrix has NaN or infinite values")
+        if abs(determinant_3x3([row[:3] for row in rows[:3]])) < 1e-6:  # no camera looks anywhere (e.g. all zeros)
+            raise InputError(f"frame {index} of {source}: transform_matrix has a singular rotation")
         shapes.add(len(rows))
         if len(shapes) > 1:
             raise InputError(f"frame {index} of {source}: transform_matrix has {len(rows)} rows, earlier frames another")
+
+
+def determinant_3x3(m: List[List[float]]) -> float:
+    return (
+        m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+    )
 
 
 def check_generic_dataparser(config: "TrainerConfig") -> None:

@@ -149,6 +149,11 @@ def test_images_of_another_size_or_mode(scene_copy: Path) -> None:
     assert f"image {odd} is 48x48 pixels, but" in check(scene_copy)
 
 
+def test_singular_pose(scene_copy: Path) -> None:
+    edit_frames(scene_copy, "val", lambda meta: meta["frames"][0].update(transform_matrix=[[0.0] * 4] * 4))
+    assert "frame 0 of" in check(scene_copy) and "singular rotation" in check(scene_copy)
+
+
 def test_pose_matrices_of_mixed_shapes(scene_copy: Path) -> None:
     edit_frames(scene_copy, "train", lambda meta: meta["frames"][2].update(
         transform_matrix=meta["frames"][2]["transform_matrix"][:3]))
