@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 
 from tests.conftest import command
 
@@ -35,3 +36,20 @@ def test_default_device_is_cpu_without_cuda() -> None:
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert rs_sdf_trainer_config().machine.device_type == expected
+
+
+def test_entry_point_adds_no_heavy_imports_to_nerfstudio_commands() -> None:
+    """Every ns-* command imports the entry point. Beside what nerfstudio itself has imported by then, it must not
+    pull in torchmetrics (and through it scipy and matplotlib), which took ~0.9 s on this machine."""
+    script = (
+        "import sys, nerfstudio.engine.trainer, nerfstudio.models.nerfacto\n"
+        "before = set(sys.modules)\n"
+        "import rs_nerfstudio.method\n"
+        "print(' '.join(sorted(set(sys.modules) - before)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    added = result.stdout.split()
+    assert any(name.startswith("rs_nerfstudio.") for name in added)
+    heavy = [name for name in added if name.split(".")[0] in ("torchmetrics", "matplotlib", "scipy", "trimesh")]
+    assert not heavy, heavy
