@@ -24,3 +24,11 @@ def test_bad_flags_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="foo"):
         run_demo(DemoConfig(output_dir=tmp_path, shape="foo"))
     assert not (tmp_path / "scene").exists()
+
+
+def test_a_folder_in_the_way_of_the_scene_is_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "scene").mkdir()
+    (tmp_path / "scene" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="holds no scene made by rs-scene: choose another --output-dir"):
+        run_demo(DemoConfig(output_dir=tmp_path))
+    assert (tmp_path / "scene" / "notes.txt").read_text() == "mine"
