@@ -92,7 +92,7 @@ def check_poses(source: Path, matrices: List) -> None:
             raise InputError(f"frame {index} of {source}: transform_matrix must be 4x4, got {len(rows)} rows")
         if not all(math.isfinite(value) for row in rows for value in row):
             raise InputError(f"frame {index} of {source}: transform_matrix has NaN or infinite values")
-        if abs(determinant_3x3([row[:3] for row in rows[:3]])) < 1e-6:  # no camera looks anywhere (e.g. all zeros)
+        if abs(determinant_3x3([row[:3] for row in rows[:3]])) < 1e-12:  # e.g. all zeros: the rays go nowhere
             raise InputError(f"frame {index} of {source}: transform_matrix has a singular rotation")
         shapes.add(len(rows))
         if len(shapes) > 1:
@@ -100,6 +100,7 @@ def check_poses(source: Path, matrices: List) -> None:
 
 
 def determinant_3x3(m: List[List[float]]) -> float:
+    """det(m) of a 3x3 list of rows (the transforms file gives plain lists)."""
     return (
         m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
         - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
