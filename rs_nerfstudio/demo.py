@@ -40,10 +40,11 @@ def run_demo(config: DemoConfig) -> dict:
         raise InputError(f"--train-seconds must be positive, got {config.train_seconds}")
     scene_dir = config.output_dir / "scene"
     if not (scene_dir / "scene.json").is_file():
-        if scene_dir.exists() and (not scene_dir.is_dir() or any(scene_dir.iterdir())):
-            raise InputError(f"{scene_dir} exists but holds no scene made by rs-scene: choose another --output-dir")
         try:
             make_scene(scene_dir, shape=config.shape, image_size=config.image_size)
+        except FileExistsError:  # make_scene's own refusal names rs-scene's --overwrite, which rs-demo lacks
+            message = f"{scene_dir} exists but holds no scene made by rs-scene: choose another --output-dir"
+            raise InputError(message) from None
         except (SceneError, OSError) as error:
             raise InputError(str(error)) from None
     else:

@@ -313,8 +313,8 @@ class ExportSlices(_RunCommand):
     def main(self) -> Path:
         if self.resolution < 2:
             raise InputError(f"--resolution must be at least 2, got {self.resolution}")
-        planes = ((2, "xy"), (1, "xz"), (0, "yz"))
-        check_outputs([self.output_dir / f"slice_{name}.png" for _, name in planes], self.overwrite)
+        planes = [(normal, name, self.output_dir / f"slice_{name}.png") for normal, name in PLANES]
+        check_outputs([path for _, _, path in planes], self.overwrite)
         from rs_nerfstudio.runs import load_model
 
         model, _ = load_model(self.load_config)
@@ -324,15 +324,16 @@ class ExportSlices(_RunCommand):
             raise InputError(f"--offset {self.offset} moves the planes outside the scene box")
         sigma = model.field.sigma
         sdf_fn = run_sdf_function(model)
-        written = []
-        for normal, name in planes:
+        for normal, name, path in planes:
             axes = [a for a in range(3) if a != normal]
-            path = self.output_dir / f"slice_{name}.png"
             image = slice_values(sdf_fn, low, high, centre, axes, normal, self.resolution)
             write_atomically(path, lambda tmp: plot_slice(image, low, high, axes, sigma, name, tmp), self.overwrite)
-            written.append(path)
-        print(f"rs-export: wrote {', '.join(str(p) for p in written)}")
+        print(f"rs-export: wrote {', '.join(str(path) for _, _, path in planes)}")
         return self.output_dir
+
+
+PLANES = ((2, "xy"), (1, "xz"), (0, "yz"))
+"""The slices: the axis normal to each plane, and the plane's name."""
 
 
 def slice_values(sdf_fn, low, high, centre, axes, normal, resolution) -> np.ndarray:
