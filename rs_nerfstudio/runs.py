@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Tuple
+from typing import TYPE_CHECKING, Dict, Tuple
 
 from rs_nerfstudio.validation import InputError
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from rs_nerfstudio.model import RSSDFModel
 
 
@@ -40,14 +42,12 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def model_from_checkpoint(config, checkpoint: Path) -> Tuple["RSSDFModel", int]:
-    """Rebuild the model from its config and checkpoint alone: the scene box is in the checkpoint, so the dataset
-    need not be where training found it (nerfstudio's eval_setup would parse it again)."""
+def read_model_state(checkpoint: Path) -> Tuple[Dict[str, "Tensor"], int]:
+    """An rs-sdf checkpoint's model state (keys as the model names them) and step; one line for anything else."""
     import torch
-    from nerfstudio.data.scene_box import SceneBox
 
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
         pipeline_state, step = state["pipeline"], int(state["step"])
     except Exception as error:  # torch raises a different error for each way a file can be damaged
         raise InputError(f"unreadable checkpoint {checkpoint}: {type(error).__name__}: {one_line(error)}") from None
@@ -61,6 +61,16 @@ def model_from_checkpoint(config, checkpoint: Path) -> Tuple["RSSDFModel", int]:
     }
     if "field.aabb" not in model_state:
         raise InputError(f"{checkpoint} holds no rs-sdf field")
+    return model_state, step
+
+
+def model_from_checkpoint(config, checkpoint: Path) -> Tuple["RSSDFModel", int]:
+    """Rebuild the model from its config and checkpoint alone: the scene box is in the checkpoint, so the dataset
+    need not be where training found it (nerfstudio's eval_setup would parse it again)."""
+    import torch
+    from nerfstudio.data.scene_box import SceneBox
+
+    model_state, step = read_model_state(checkpoint)
     model = config.pipeline.model.setup(scene_box=SceneBox(aabb=model_state["field.aabb"]), num_train_data=0)
     model.update_to_step(step)
     model.load_state_dict(model_state)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterable, List
 
 if TYPE_CHECKING:
     from nerfstudio.engine.trainer import TrainerConfig
+    from torch import Tensor
 
 
 class InputError(SystemExit):
@@ -24,6 +25,7 @@ class InputError(SystemExit):
 
 
 BLENDER_SPLITS_FOR_TRAINING = ("train", "val")
+BLENDER_SCENE_BOX = ((-1.5, -1.5, -1.5), (1.5, 1.5, 1.5))  # nerfstudio's Blender parser's fixed box
 
 
 def check_blender_folder(data: Path, splits: Iterable[str] = BLENDER_SPLITS_FOR_TRAINING) -> None:
@@ -108,8 +110,8 @@ def determinant_3x3(m: List[List[float]]) -> float:
     )
 
 
-def check_generic_dataparser(config: "TrainerConfig") -> None:
-    """Any other dataparser: parse the training split and check its images and poses."""
+def check_generic_dataparser(config: "TrainerConfig") -> "Tensor":
+    """Any other dataparser: parse the training split and check its images and poses. Returns its scene box."""
     import torch
 
     datamanager = config.pipeline.datamanager
@@ -123,6 +125,7 @@ def check_generic_dataparser(config: "TrainerConfig") -> None:
     check_images(Path(name) for name in outputs.image_filenames)
     if not torch.isfinite(outputs.cameras.camera_to_worlds).all():
         raise InputError(f"camera poses in {data} have NaN or infinite values")
+    return outputs.scene_box.aabb
 
 
 def check_grid_fits(config: "TrainerConfig") -> None:
@@ -135,7 +138,7 @@ def check_grid_fits(config: "TrainerConfig") -> None:
     model = config.pipeline.model
     datamanager = config.pipeline.datamanager
     if isinstance(datamanager.dataparser, BlenderDataParserConfig):
-        aabb = torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]])  # the Blender parser's fixed box
+        aabb = torch.tensor(BLENDER_SCENE_BOX)
     else:
         aabb = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])  # cubic boxes are the worst case
     geometry = math.prod(grids.grid_shape_for_box(aabb, model.grid_resolution))
@@ -202,25 +205,83 @@ def check_settings(config: "TrainerConfig") -> None:
             raise InputError(f"{flag} must be positive, got {value}")
 
 
-def check_resume(config: "TrainerConfig") -> None:
-    """--load-dir holds a checkpoint (the one --load-step names, if given); --load-checkpoint is a file."""
+def check_resume(config: "TrainerConfig", scene_aabb: "Tensor") -> None:
+    """--load-dir holds a checkpoint (the one --load-step names, if given) and nothing nerfstudio would misread as
+    one; --load-checkpoint is a file; the checkpoint is rs-sdf's, with the shapes this run's settings ask for."""
+    checkpoint, flag = None, "--load-dir"
     if config.load_dir is not None:
         load_dir = Path(config.load_dir)
         if not load_dir.is_dir():
             raise InputError(f"--load-dir {load_dir}: no such folder")
         if config.load_step is not None:
-            wanted = load_dir / f"step-{config.load_step:09d}.ckpt"
-            if not wanted.is_file():
-                raise InputError(f"--load-step {config.load_step}: no {wanted.name} in {load_dir}")
-        elif not any(load_dir.glob("step-*.ckpt")):
-            raise InputError(f"--load-dir {load_dir} holds no checkpoint (step-*.ckpt)")
-    if config.load_checkpoint is not None and not Path(config.load_checkpoint).is_file():
-        raise InputError(f"--load-checkpoint {config.load_checkpoint}: no such file")
+            checkpoint = load_dir / f"step-{config.load_step:09d}.ckpt"
+            if not checkpoint.is_file():
+                raise InputError(f"--load-step {config.load_step}: no {checkpoint.name} in {load_dir}")
+        else:
+            steps = [checkpoint_step(entry, load_dir) for entry in load_dir.iterdir()]
+            checkpoint = load_dir / f"step-{max(steps, default=0):09d}.ckpt"
+            if not checkpoint.is_file():
+                raise InputError(f"--load-dir {load_dir} holds no checkpoint (step-*.ckpt)")
+    elif config.load_checkpoint is not None:
+        checkpoint, flag = Path(config.load_checkpoint), "--load-checkpoint"
+        if not checkpoint.is_file():
+            raise InputError(f"--load-checkpoint {checkpoint}: no such file")
+    if checkpoint is not None:
+        check_checkpoint_settings(config, checkpoint, flag, scene_aabb)
+
+
+def checkpoint_step(entry: Path, load_dir: Path) -> int:
+    """The step nerfstudio reads from a file name in --load-dir: it takes every file there for a checkpoint."""
+    name = entry.name
+    try:
+        return int(name[name.find("-") + 1 : name.find(".")])
+    except ValueError:
+        raise InputError(f"--load-dir {load_dir} holds {name}, which is no step-N.ckpt: move it out") from None
+
+
+def check_checkpoint_settings(config: "TrainerConfig", checkpoint: Path, flag: str, scene_aabb: "Tensor") -> None:
+    """The checkpoint's grids and colour heads have the shapes this run's settings give them. Loading takes the
+    checkpoint's shapes (ns-viewer and ns-eval rely on it), so a changed setting would otherwise be dropped unsaid.
+    A grid still on the scene box is exempt from the resolutions: fitting the box applies the run's."""
+    import torch
+
+    from rs_nerfstudio.runs import read_model_state
+
+    model = config.pipeline.model
+    state, _ = read_model_state(checkpoint)
+    mismatches: List[str] = []
+
+    def compare(setting: str, trained, wanted) -> None:
+        if trained != wanted:
+            mismatches.append(f"--pipeline.model.{setting} {trained} (this run: {wanted})")
+
+    logits, features = state.get("field.base_logits"), state.get("field.features")
+    weights = state.get("field.colour_mlp.weights.0")
+    fitted = not torch.allclose(state["field.aabb"].float(), scene_aabb.float().cpu())
+    if logits is not None and features is not None and (fitted or model.fit_box_at_step <= 0):
+        compare("grid-resolution", max(logits.shape), model.grid_resolution)
+        compare("appearance-resolution", max(features.shape[:3]), model.appearance_resolution)
+    if weights is not None and features is not None:
+        heads, inputs, hidden = weights.shape
+        feature_dim = features.shape[-1] // heads
+        compare("colour-heads", heads, model.colour_heads)
+        compare("appearance-dim", feature_dim, model.appearance_dim)
+        compare("hidden-dim", hidden, model.hidden_dim)
+        compare("sh-levels", math.isqrt(inputs - feature_dim), model.sh_levels)
+        stagger = state.get("field.colour_stagger")
+        if stagger is not None and heads > 1:
+            compare("stagger-colour", bool(stagger), model.stagger_colour)
+    if mismatches:
+        raise InputError(
+            f"{flag}: {checkpoint} was trained with {'; '.join(mismatches)}: pass the checkpoint's settings to resume "
+            "it, or train anew without " + flag
+        )
 
 
 def check_training_inputs(config: "TrainerConfig") -> None:
     """All checks for ``ns-train rs-sdf``: the data, the settings, the checkpoint to resume from, the memory the
     grids will take, the empty-space threshold."""
+    import torch
     from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 
     datamanager = config.pipeline.datamanager
@@ -228,9 +289,10 @@ def check_training_inputs(config: "TrainerConfig") -> None:
         datamanager.dataparser.data = datamanager.data
     if isinstance(datamanager.dataparser, BlenderDataParserConfig):
         check_blender_folder(Path(datamanager.dataparser.data))
+        scene_aabb = torch.tensor(BLENDER_SCENE_BOX)
     else:
-        check_generic_dataparser(config)
+        scene_aabb = check_generic_dataparser(config)
     check_settings(config)
-    check_resume(config)
+    check_resume(config, scene_aabb)
     check_grid_fits(config)
     check_empty_space_threshold(config)

@@ -22,9 +22,9 @@ def config_for(data: Path, **model_overrides):
     return config
 
 
-def check(data: Path, **model_overrides) -> str:
+def check(data: Path, config=None, **model_overrides) -> str:
     with pytest.raises(InputError) as caught:
-        check_training_inputs(config_for(data, **model_overrides))
+        check_training_inputs(config or config_for(data, **model_overrides))
     message = str(caught.value.code)
     assert "\n" not in message
     return message
@@ -107,14 +107,73 @@ def test_resume_from_a_folder_without_the_checkpoint(scene_copy: Path, tmp_path:
     config.load_dir = tmp_path / "nowhere"
     with pytest.raises(InputError, match="--load-dir .*nowhere: no such folder"):
         check_training_inputs(config)
-    config.load_dir = tmp_path
+    config.load_dir = tmp_path / "models"
+    config.load_dir.mkdir()
     with pytest.raises(InputError, match="holds no checkpoint"):
         check_training_inputs(config)
-    (tmp_path / "step-000000005.ckpt").write_bytes(b"")
-    check_training_inputs(config)
+    (config.load_dir / "step-000000005.ckpt").write_bytes(b"")
+    with pytest.raises(InputError, match="unreadable checkpoint .*step-000000005.ckpt"):
+        check_training_inputs(config)
     config.load_step = 7
     with pytest.raises(InputError, match="--load-step 7: no step-000000007.ckpt in"):
         check_training_inputs(config)
+    config.load_dir, config.load_step, config.load_checkpoint = None, None, tmp_path / "step-9.ckpt"  # absent
+    with pytest.raises(InputError, match="--load-checkpoint .*step-9.ckpt: no such file"):
+        check_training_inputs(config)
+
+
+TINY_RUN_GRIDS = dict(grid_resolution=48, appearance_resolution=32)  # conftest.TINY_TRAINING's
+
+
+def test_resume_from_a_run_with_its_settings(trained_run: Path, scene_copy: Path) -> None:
+    config = config_for(scene_copy, **TINY_RUN_GRIDS)
+    config.load_dir = trained_run.parent / "nerfstudio_models"
+    check_training_inputs(config)
+    config.load_dir, config.load_checkpoint = None, max(config.load_dir.glob("step-*.ckpt"))
+    check_training_inputs(config)
+
+
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("colour_heads", 3, "--pipeline.model.colour-heads 2 (this run: 3)"),
+        ("appearance_dim", 8, "--pipeline.model.appearance-dim 12 (this run: 8)"),
+        ("hidden_dim", 32, "--pipeline.model.hidden-dim 64 (this run: 32)"),
+        ("sh_levels", 2, "--pipeline.model.sh-levels 3 (this run: 2)"),
+        ("stagger_colour", True, "--pipeline.model.stagger-colour False (this run: True)"),
+        ("grid_resolution", 96, "--pipeline.model.grid-resolution 48 (this run: 96)"),
+        ("appearance_resolution", 64, "--pipeline.model.appearance-resolution 32 (this run: 64)"),
+    ],
+)
+def test_resume_with_other_shapes_names_the_setting(
+    trained_run: Path, scene_copy: Path, setting: str, value, message: str
+) -> None:
+    """Loading takes a checkpoint's shapes: resuming with another shape would drop the user's flag unsaid."""
+    checkpoints = trained_run.parent / "nerfstudio_models"
+    config = config_for(scene_copy, **{**TINY_RUN_GRIDS, setting: value})
+    config.load_dir = checkpoints
+    error = check(scene_copy, config=config)
+    assert error.startswith("error: --load-dir: ") and message in error and "without --load-dir" in error
+
+
+def test_resume_from_a_folder_with_other_files(trained_run: Path, scene_copy: Path, tmp_path: Path) -> None:
+    """nerfstudio reads a step from every file name in --load-dir, and fails on any other file."""
+    import shutil
+
+    checkpoints = Path(shutil.copytree(trained_run.parent / "nerfstudio_models", tmp_path / "models"))
+    (checkpoints / "notes.txt").write_text("keep", encoding="utf8")
+    config = config_for(scene_copy, **TINY_RUN_GRIDS)
+    config.load_dir = checkpoints
+    assert "holds notes.txt, which is no step-N.ckpt" in check(scene_copy, config=config)
+
+
+def test_resume_from_another_methods_checkpoint(scene_copy: Path, tmp_path: Path) -> None:
+    import torch
+
+    torch.save({"step": 3, "pipeline": {"_model.field.mlp_base.params": torch.zeros(4)}}, tmp_path / "step-3.ckpt")
+    config = config_for(scene_copy)
+    config.load_checkpoint = tmp_path / "step-3.ckpt"
+    assert "step-3.ckpt holds no rs-sdf field" in check(scene_copy, config=config)
 
 
 def edit_frames(scene: Path, split: str, edit) -> None:
