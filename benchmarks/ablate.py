@@ -86,6 +86,7 @@ def configure(args: argparse.Namespace):
 
     config = with_ns_train_flags(rs_sdf_trainer_config(), args.ns_train_args)
     config.pipeline.datamanager.data = args.data
+    config.pipeline.model.train_time_budget = args.decay_seconds or args.seconds  # the model's clock: train()'s
     if args.freeze_geometry:
         config.optimizers.pop("geometry")
         config.pipeline.model.fill_every = 0  # the fills would write into the frozen grid
@@ -144,6 +145,7 @@ def train(args: argparse.Namespace) -> None:
     elapsed, step, train_psnr = 0.0, 0, []
     while marks:
         started = time.perf_counter()
+        model.train_seconds = elapsed
         pipeline.train()
         for callback in callbacks:
             callback.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)

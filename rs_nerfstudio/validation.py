@@ -175,8 +175,8 @@ def check_empty_space_threshold(config: "TrainerConfig") -> None:
 
 
 def check_settings(config: "TrainerConfig") -> None:
-    """Counts and scales that must be positive, each named by its flag: zero or negative ones would fail in the first
-    step (a division by zero, an empty tensor) or train something meaningless (sigma 0: a weak SDF of 0)."""
+    """Counts and scales that must be positive, and shares in [0, 1], each named by its flag: others would fail in the
+    first step (a division by zero, an empty tensor) or train something meaningless (sigma 0: a weak SDF of 0)."""
     model, prefix = config.pipeline.model, "--pipeline.model."
     counts = {
         f"{prefix}grid-resolution": (model.grid_resolution, 2),
@@ -203,6 +203,8 @@ def check_settings(config: "TrainerConfig") -> None:
     for flag, value in scales.items():
         if not (math.isfinite(value) and value > 0):
             raise InputError(f"{flag} must be positive, got {value}")
+    if not 0.0 <= model.freeze_geometry_at <= 1.0:
+        raise InputError(f"{prefix}freeze-geometry-at is a share of training, in [0, 1], got {model.freeze_geometry_at}")
 
 
 def check_resume(config: "TrainerConfig", scene_aabb: "Tensor") -> None:

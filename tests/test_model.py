@@ -117,6 +117,51 @@ def test_training_rays_fill_the_inside_of_a_shell(rule: str) -> None:
     assert model.fill_unseen_space() == 0  # a new count starts after a fill
 
 
+@pytest.mark.parametrize("budget", [None, 60.0])
+def test_the_geometry_freezes_at_its_share_of_training_and_colour_trains_on(budget) -> None:
+    """From `freeze_geometry_at` on (of the steps, or of the time budget), the geometry takes no gradient and its
+    optimizer leaves it, the fills stop (the shell's fog would be filled), the blur is cached; colour still learns."""
+    model, _ = model_with_matter("shell", freeze_geometry_at=0.5, train_time_budget=budget)
+    model.max_steps = 10
+    optimizers = Optimizers(rs_sdf_trainer_config().optimizers, model.get_param_groups())
+    rays = rays_along_the_axes()
+
+    def train_step(step: int) -> None:
+        model.train_seconds = step * 6.0  # a 60-s budget: half of it at step 5
+        model.freeze_geometry_when_due(step)
+        optimizers.zero_grad_all()
+        model.get_outputs(rays)["rgb"].sum().backward()
+        optimizers.optimizer_step_all()
+
+    train_step(3)
+    train_step(4)
+    assert not model.geometry_frozen and model.field.base_logits.grad.abs().sum() > 0
+    geometry, colour = model.field.base_logits.detach().clone(), model.field.features.detach().clone()
+    train_step(5)
+    assert model.geometry_frozen and model.field.base_logits.grad is None
+    assert torch.equal(model.field.base_logits.detach(), geometry)
+    assert not torch.equal(model.field.features.detach(), colour)
+    assert model.fill_unseen_space() == 0
+    assert model.field.smoothed_occupancy_grid() is model.field.smoothed_occupancy_grid()
+    model.field.base_logits.requires_grad_(True)  # the same rays would have filled the fog inside the shell
+    assert model.fill_unseen_space() > 0
+
+
+def test_the_training_callbacks_freeze_the_geometry_at_the_trainers_step() -> None:
+    from types import SimpleNamespace
+
+    from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
+
+    model = small_model(freeze_geometry_at=0.25)
+    trainer = SimpleNamespace(config=SimpleNamespace(max_num_iterations=8))
+    attributes = TrainingCallbackAttributes(optimizers=None, grad_scaler=None, pipeline=None, trainer=trainer)
+    callbacks = model.get_training_callbacks(attributes)
+    for step in range(3):
+        for callback in callbacks:
+            callback.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+        assert model.geometry_frozen == (step >= 2)
+
+
 def test_hidden_space_under_a_dome_is_filled_by_the_hidden_rule_only() -> None:
     """Seen only from above, a dome hides the space under it: it is open, yet no ray can tell it from matter."""
     from_above = rays_along_the_axes(directions=[(2, -1.0)])

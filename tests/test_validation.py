@@ -89,6 +89,8 @@ def test_grid_too_large_for_memory(scene_copy: Path) -> None:
         ("initial_steepness", 0.0, "--pipeline.model.initial-steepness must be positive"),
         ("density_eps", 0.0, "--pipeline.model.density-eps must be positive"),
         ("train_time_budget", -5.0, "--pipeline.model.train-time-budget must be positive, got -5.0"),
+        ("freeze_geometry_at", 50.0, "--pipeline.model.freeze-geometry-at is a share of training, in [0, 1], got 50.0"),
+        ("freeze_geometry_at", float("nan"), "--pipeline.model.freeze-geometry-at is a share of training"),
     ],
 )
 def test_settings_that_would_fail_or_mean_nothing(scene_copy: Path, setting: str, value, message: str) -> None:
