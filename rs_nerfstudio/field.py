@@ -149,9 +149,12 @@ class RSSDFField(Field):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
         """A checkpoint whose box was fitted holds grids of other shapes than a new field's: take its shapes first.
-        One from before staggered colour grids was trained with aligned ones."""
-        stagger = state_dict.setdefault(prefix + "colour_stagger", torch.tensor(0.0))
-        self.stagger_colour = bool(stagger)
+        One from before staggered colour grids was trained with aligned ones. A state without the field's grids is
+        left alone: nerfstudio's Pipeline.load_state_dict loads the model, then passes every module its non-model
+        keys, none of the field's."""
+        if prefix + "aabb" in state_dict:
+            stagger = state_dict.setdefault(prefix + "colour_stagger", torch.tensor(0.0))
+            self.stagger_colour = bool(stagger)
         names = [prefix + name for name in ("aabb", "base_logits", "features")]
         if all(name in state_dict for name in names):
             aabb, logits, features = (state_dict[name] for name in names)

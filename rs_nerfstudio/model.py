@@ -204,10 +204,24 @@ class RSSDFModel(Model):
         """What training rays saw since the last fill (see `fill_every`)."""
         self._box_fitted = False
         self.train_seconds = 0.0
-        """Seconds spent in training iterations so far (counted when `train_time_budget` is set)."""
+        """Seconds spent in training iterations so far (counted when `train_time_budget` is set). Checkpoints keep it,
+        so a resumed run goes on with its learning rates' decay instead of starting it again."""
+        self.register_buffer("trained_seconds", torch.zeros((), dtype=torch.float64))  # train_seconds, at each save
         self.max_steps: Optional[int] = None
         """The trainer's step limit, which measures training's progress when there is no time budget."""
         self._iteration_started: Optional[float] = None
+
+    def state_dict(self, *args, **kwargs):  # type: ignore[override]
+        self.trained_seconds.fill_(self.train_seconds)
+        return super().state_dict(*args, **kwargs)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
+        """Checkpoints from before the clock was kept start it at 0. A state without the field (nerfstudio's second
+        pass, see RSSDFField._load_from_state_dict) is left alone."""
+        if prefix + "field.aabb" in state_dict:
+            state_dict.setdefault(prefix + "trained_seconds", torch.zeros((), dtype=torch.float64))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.train_seconds = float(self.trained_seconds)
 
     def _add_viewer_controls(self) -> None:
         """Sliders in ns-viewer / ns-train's viewer, for rendering only, in units of the trained sigma."""

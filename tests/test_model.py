@@ -246,3 +246,37 @@ def test_a_model_loads_a_checkpoint_with_another_number_of_colour_heads(deferred
     with torch.no_grad():
         torch.testing.assert_close(loaded.get_outputs(rays)["rgb"], saved.get_outputs(rays)["rgb"])
     assert loaded.field.colour_mlp.heads == 1
+
+
+def load_as_nerfstudio_does(model, state: dict) -> None:
+    """nerfstudio's Pipeline.load_state_dict (ns-viewer, ns-eval, ns-render, resuming): the model's keys, then a
+    second pass over every module with the pipeline's other keys (none of the model's)."""
+    from nerfstudio.pipelines.base_pipeline import Pipeline
+
+    class Holder(Pipeline):
+        def __init__(self) -> None:
+            torch.nn.Module.__init__(self)
+            self._model = model
+
+    Holder().load_state_dict({f"_model.{name}": value for name, value in state.items()})
+
+
+def test_checkpoints_keep_the_training_clock() -> None:
+    """A run resumed under a time budget goes on with its decay; a checkpoint from before the clock starts it at 0."""
+    saved = small_model(train_time_budget=600.0)
+    saved.train_seconds = 123.5
+    state = saved.state_dict()
+    resumed = small_model(train_time_budget=600.0)
+    load_as_nerfstudio_does(resumed, state)
+    assert resumed.train_seconds == 123.5 and resumed.training_progress(step=0) == 123.5 / 600.0
+    older = {name: value for name, value in state.items() if name != "trained_seconds"}
+    resumed.load_state_dict(older)
+    assert resumed.train_seconds == 0.0
+
+
+def test_nerfstudios_loading_keeps_staggered_colour() -> None:
+    """Its second pass holds none of the field's keys: it used to reset the stagger to a checkpoint's default."""
+    saved = small_model(colour_heads=2, stagger_colour=True)
+    loaded = small_model(colour_heads=2)
+    load_as_nerfstudio_does(loaded, saved.state_dict())
+    assert loaded.field.stagger_colour and float(loaded.field.colour_stagger) == 1.0
