@@ -269,7 +269,7 @@ def check_checkpoint_settings(config: "TrainerConfig", checkpoint: Path, flag: s
         compare("colour-heads", heads, model.colour_heads)
         compare("appearance-dim", feature_dim, model.appearance_dim)
         compare("hidden-dim", hidden, model.hidden_dim)
-        compare("sh-levels", math.isqrt(inputs - feature_dim), model.sh_levels)
+        compare("sh-levels", math.isqrt(max(0, inputs - feature_dim)), model.sh_levels)
         stagger = state.get("field.colour_stagger")
         if stagger is not None and heads > 1:
             compare("stagger-colour", bool(stagger), model.stagger_colour)
