@@ -22,12 +22,17 @@ def config_for(data: Path, **model_overrides):
     return config
 
 
-def check(data: Path, config=None, **model_overrides) -> str:
+def error_of(config) -> str:
+    """The one line that check_training_inputs stops ``config`` with."""
     with pytest.raises(InputError) as caught:
-        check_training_inputs(config or config_for(data, **model_overrides))
+        check_training_inputs(config)
     message = str(caught.value.code)
     assert "\n" not in message
     return message
+
+
+def check(data: Path, **model_overrides) -> str:
+    return error_of(config_for(data, **model_overrides))
 
 
 def test_good_scene_passes(scene_copy: Path) -> None:
@@ -154,7 +159,7 @@ def test_resume_with_other_shapes_names_the_setting(
     checkpoints = trained_run.parent / "nerfstudio_models"
     config = config_for(scene_copy, **{**TINY_RUN_GRIDS, setting: value})
     config.load_dir = checkpoints
-    error = check(scene_copy, config=config)
+    error = error_of(config)
     assert error.startswith("error: --load-dir: ") and message in error and "without --load-dir" in error
 
 
@@ -166,7 +171,7 @@ def test_resume_from_a_folder_with_other_files(trained_run: Path, scene_copy: Pa
     (checkpoints / "notes.txt").write_text("keep", encoding="utf8")
     config = config_for(scene_copy, **TINY_RUN_GRIDS)
     config.load_dir = checkpoints
-    assert "holds notes.txt, which is no step-N.ckpt" in check(scene_copy, config=config)
+    assert "holds notes.txt, which is no step-N.ckpt" in error_of(config)
 
 
 def test_resume_from_another_methods_checkpoint(scene_copy: Path, tmp_path: Path) -> None:
@@ -175,7 +180,7 @@ def test_resume_from_another_methods_checkpoint(scene_copy: Path, tmp_path: Path
     torch.save({"step": 3, "pipeline": {"_model.field.mlp_base.params": torch.zeros(4)}}, tmp_path / "step-3.ckpt")
     config = config_for(scene_copy)
     config.load_checkpoint = tmp_path / "step-3.ckpt"
-    assert "step-3.ckpt holds no rs-sdf field" in check(scene_copy, config=config)
+    assert "step-3.ckpt holds no rs-sdf field" in error_of(config)
 
 
 def edit_frames(scene: Path, split: str, edit) -> None:
