@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
-from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 
+from rs_nerfstudio.dataparser import CheckedBlenderDataParserConfig
 from rs_nerfstudio.model import RSSDFModelConfig
 from rs_nerfstudio.optim import ExponentialDecaySchedulerConfig, FusedAdamOptimizerConfig
 
@@ -50,7 +50,7 @@ def rs_sdf_trainer_config(max_steps: int = DEFAULT_MAX_STEPS) -> RSSDFTrainerCon
         machine=MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu"),
         pipeline=VanillaPipelineConfig(
             datamanager=VanillaDataManagerConfig(
-                dataparser=BlenderDataParserConfig(),
+                dataparser=CheckedBlenderDataParserConfig(),
                 # Lego 200 px, benchmarks/ablate.py, 300 s, two runs each: 8192 rays read 31.66 / 31.32 dB at 180 s and
                 # 31.94 / 31.80 at 300 s, against 31.27 / 31.08 and 31.49 / 31.42 at 4096, for ~1.5x the time per step;
                 # 16384 (~2.9x the time per step) read 30.82 and 31.32.

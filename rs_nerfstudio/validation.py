@@ -31,7 +31,8 @@ BLENDER_SCENE_BOX = ((-1.5, -1.5, -1.5), (1.5, 1.5, 1.5))  # nerfstudio's Blende
 def check_blender_folder(data: Path, splits: Iterable[str] = BLENDER_SPLITS_FOR_TRAINING) -> None:
     """A Blender-format folder: transforms files that parse, images that exist and open, finite poses."""
     if not data.exists():
-        raise InputError(f"data folder not found: {data}")
+        where = "" if data.is_absolute() else f" (relative to {Path.cwd()})"  # config.yml keeps --data as typed
+        raise InputError(f"data folder not found: {data}{where}")
     if not data.is_dir():
         raise InputError(f"--data must be a folder of a Blender-format scene, got the file {data}")
     for split in splits:
