@@ -36,12 +36,21 @@ class ExponentialDecaySchedulerConfig(SchedulerConfig):
     """Learning rate at `max_steps` (None: no decay)."""
     warmup_steps: int = 0
     """Steps of linear warm-up from zero."""
-    max_steps: int = 10000
-    """Step at which the decay reaches `lr_final`; constant after it."""
+    max_steps: Optional[int] = None
+    """Step at which the decay reaches `lr_final`; constant after it. None: the trainer's `--max-num-iterations`,
+    filled in by rs-sdf's trainer config before training (see `resolve_decay_steps`)."""
+
+
+def resolve_decay_steps(optimizer_configs: Dict[str, Dict], max_num_iterations: int) -> None:
+    """Let every decay left at ``max_steps=None`` run over the trainer's steps, so that one flag sets a run's length."""
+    for config in optimizer_configs.values():
+        scheduler = config.get("scheduler")
+        if isinstance(scheduler, ExponentialDecaySchedulerConfig) and scheduler.max_steps is None:
+            scheduler.max_steps = max_num_iterations
 
 
 def exponential_decay_multiplier(
-    step: int, lr_init: float, lr_final: float, warmup_steps: int, max_steps: int
+    step: float, lr_init: float, lr_final: float, warmup_steps: int, max_steps: int
 ) -> float:
     """Multiplier of lr_init at ``step``, as a Python float."""
     if step < warmup_steps:
@@ -58,6 +67,9 @@ class ExponentialDecayScheduler(Scheduler):
     def get_scheduler(self, optimizer: Optimizer, lr_init: float) -> lr_scheduler.LRScheduler:
         lr_final = lr_init if self.config.lr_final is None else self.config.lr_final
         warmup, max_steps = self.config.warmup_steps, self.config.max_steps
+        if max_steps is None and self.config.lr_final is not None:
+            raise ValueError("ExponentialDecaySchedulerConfig.max_steps is None: call resolve_decay_steps first")
+        max_steps = warmup + 1 if max_steps is None else max_steps  # no decay to run: only the warm-up counts
 
         def multiplier(step: int) -> float:
             return exponential_decay_multiplier(step, lr_init, lr_final, warmup, max_steps)
@@ -68,9 +80,10 @@ class ExponentialDecayScheduler(Scheduler):
 def decay_learning_rates_to(progress: float, optimizers, optimizer_configs: Dict[str, Dict]) -> None:
     """Set every parameter group's learning rate to where its exponential decay is at ``progress`` in [0, 1].
 
-    For training on a time budget: the decay then runs over the budget's seconds instead of ``max_steps`` steps.
-    Groups whose scheduler is not an :class:`ExponentialDecaySchedulerConfig` are left alone. ``optimizers`` is
-    nerfstudio's ``Optimizers``; the schedulers' own step-based update is overwritten before each optimizer step.
+    For training on a time budget: the decay then runs over the budget's seconds instead of ``max_steps`` steps,
+    with no warm-up. Groups whose scheduler is not an :class:`ExponentialDecaySchedulerConfig` are left alone.
+    ``optimizers`` is nerfstudio's ``Optimizers``; the schedulers' own step-based update is overwritten before each
+    optimizer step.
     """
     progress = min(max(progress, 0.0), 1.0)
     for name, optimizer in optimizers.optimizers.items():
@@ -80,4 +93,4 @@ def decay_learning_rates_to(progress: float, optimizers, optimizer_configs: Dict
             continue
         for group, lr_init in zip(optimizer.param_groups, scheduler.base_lrs):
             lr_final = lr_init if scheduler_config.lr_final is None else scheduler_config.lr_final
-            group["lr"] = lr_init * math.exp(math.log(lr_final / lr_init) * progress)
+            group["lr"] = lr_init * exponential_decay_multiplier(progress, lr_init, lr_final, 0, 1)

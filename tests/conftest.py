@@ -56,6 +56,7 @@ TINY_TRAINING = [
     "--pipeline.model.steepness", "60",  # a rising alpha, so that tests see it restored from a checkpoint
     "--pipeline.model.fit-box-at-step", "10",  # checkpoints hold grids on a fitted box, smaller than the scene's
     "--pipeline.model.fill-every", "20",
+    "--optimizers.geometry.scheduler.max-steps", "5000",  # the other rates decay over the 60 steps
 ]  # fmt: skip
 
 

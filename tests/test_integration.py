@@ -38,6 +38,22 @@ def test_checkpoints_load_with_weights_only(trained_run: Path) -> None:
     assert "_model.field.base_logits" in state["pipeline"]
 
 
+def test_the_learning_rates_decay_over_max_num_iterations(trained_run: Path) -> None:
+    """`--max-num-iterations 60` sets the decays' length too, where no `--optimizers.NAME.scheduler.max-steps` does
+    (the tiny runs give the geometry's: 5000): the run's last checkpoint holds the colour's final rates."""
+    import yaml
+
+    config = yaml.load(trained_run.read_text(), Loader=yaml.Loader)
+    schedulers = {name: group["scheduler"] for name, group in config.optimizers.items()}
+    assert {name: scheduler.max_steps for name, scheduler in schedulers.items()} == {
+        "geometry": 5000, "appearance": 60, "colour_mlp": 60,
+    }  # fmt: skip
+    state = torch.load(trained_run.parent / "nerfstudio_models" / "step-000000059.ckpt", weights_only=True)
+    for name in ("appearance", "colour_mlp"):
+        lr = state["optimizers"][name]["param_groups"][0]["lr"]
+        assert lr == pytest.approx(schedulers[name].lr_final, rel=0.2), name
+
+
 def test_eval_setup_and_metrics(trained_run: Path, tiny_scene: Path) -> None:
     from nerfstudio.utils.eval_utils import eval_setup
 

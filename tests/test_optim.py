@@ -11,6 +11,7 @@ from rs_nerfstudio.optim import (
     ExponentialDecaySchedulerConfig,
     FusedAdamOptimizerConfig,
     exponential_decay_multiplier,
+    resolve_decay_steps,
 )
 
 
@@ -60,3 +61,22 @@ def test_time_budget_decay_sets_each_group_where_its_decay_is() -> None:
     assert optimizers.optimizers["other"].param_groups[0]["lr"] == 0.5  # no scheduler of ours: untouched
     decay_learning_rates_to(2.0, optimizers, configs)  # past the budget: stays at the final rate
     assert optimizers.optimizers["grid"].param_groups[0]["lr"] == pytest.approx(0.001)
+
+
+def test_decays_left_open_run_over_the_trainers_steps_and_set_ones_are_kept() -> None:
+    configs = {
+        "open": {
+            "optimizer": FusedAdamOptimizerConfig(lr=0.1),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=0.01),
+        },
+        "set": {
+            "optimizer": FusedAdamOptimizerConfig(lr=0.1),
+            "scheduler": ExponentialDecaySchedulerConfig(max_steps=7),
+        },
+        "none": {"optimizer": FusedAdamOptimizerConfig(lr=0.1), "scheduler": None},
+    }
+    parameter = torch.nn.Parameter(torch.randn(3))
+    with pytest.raises(ValueError, match="resolve_decay_steps"):
+        configs["open"]["scheduler"].setup().get_scheduler(FusedAdamOptimizerConfig(lr=0.1).setup([parameter]), 0.1)
+    resolve_decay_steps(configs, 1234)
+    assert configs["open"]["scheduler"].max_steps == 1234 and configs["set"]["scheduler"].max_steps == 7
