@@ -2,7 +2,7 @@
 
 Geometry is one learnable dense grid of logits; its sigmoid is the base occupancy classifier f_theta. Randomized
 smoothing blurs it into f_hat, from which everything else follows per sample (:mod:`rs_nerfstudio.sdf`): the weak
-SDF, the occupancy G and the density. Colour comes from a low-resolution feature grid and small MLPs that also
+SDF, the occupancy G and the density. Colour comes from a feature grid and small MLPs that also
 see the view direction (an ensemble of a few, :mod:`rs_nerfstudio.colour`): cheap on a CPU.
 """
 
@@ -248,7 +248,8 @@ class RSSDFField(Field):
         return count
 
     def base_occupancy(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N"]:
-        """The base classifier f_theta at world points (trilinear; 0 outside the box)."""
+        """The base classifier f_theta at world points (trilinear; outside the box, the border voxels' value:
+        callers mask what lies outside)."""
         return grids.interpolate(self.base_occupancy_grid()[..., None], points, self.aabb)[:, 0]
 
     def smoothed_occupancy(

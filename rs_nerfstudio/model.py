@@ -43,7 +43,8 @@ class RSSDFModelConfig(ModelConfig):
     """Geometry voxels along the longest side of the grids' box (the fitted box, see `fit_box_at_step`)."""
     sigma: float = 0.019
     """Randomized-smoothing noise level sigma, in scene units (~1 voxel of the 128-voxel grid on Lego's fitted box).
-    It is the weak SDF's scale: |sdf| is certified up to ~4.75 sigma, and details thinner than ~1.4 sigma vanish."""
+    It is the weak SDF's scale: |sdf| saturates at 2.5 sigma (`sdf.SATURATION`), and details thinner than ~1.4 sigma
+    vanish."""
     steepness: float = 30.0
     """Final alpha of the occupancy G = sigmoid(alpha (f_hat - 1/2)). Higher is a sharper rendered surface (the weak
     SDF's zero level does not depend on it). On Lego 200 px with the interpolated `coarse_read`, raising it from 30 to
@@ -195,7 +196,9 @@ class RSSDFModel(Model):
         from torchmetrics.image import PeakSignalNoiseRatio
 
         self.psnr = PeakSignalNoiseRatio(data_range=1.0)
-        self.lpips = lpips_if_available()
+        # Not a submodule: LPIPS's weights are AlexNet's, cached on some machines only. In checkpoints they would make
+        # a run trained where they are cached fail to load where they are not (and add ~10 MB to each checkpoint).
+        object.__setattr__(self, "lpips", lpips_if_available())
         self._add_viewer_controls()
         self.step = 0
         self._mask: Optional[Tensor] = None
@@ -216,8 +219,11 @@ class RSSDFModel(Model):
         return super().state_dict(*args, **kwargs)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
-        """Checkpoints from before the clock was kept start it at 0. A state without the field (nerfstudio's second
-        pass, see RSSDFField._load_from_state_dict) is left alone."""
+        """Checkpoints from before the clock was kept start it at 0; LPIPS weights that older checkpoints hold are
+        dropped (see `lpips` in __init__). A state without the field (nerfstudio's second pass, see
+        RSSDFField._load_from_state_dict) is left alone."""
+        for key in [key for key in state_dict if key.startswith(prefix + "lpips.")]:
+            del state_dict[key]
         if prefix + "field.aabb" in state_dict:
             state_dict.setdefault(prefix + "trained_seconds", torch.zeros((), dtype=torch.float64))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -276,6 +282,7 @@ class RSSDFModel(Model):
         if self.training_progress(step) >= self.config.freeze_geometry_at and not self.geometry_frozen:
             self.field.base_logits.requires_grad_(False)
             self.field.base_logits.grad = None
+            self._visibility = None  # no fills from now on, so no record of what rays saw
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
@@ -359,6 +366,7 @@ class RSSDFModel(Model):
         old = (self.field.base_logits, self.field.features)
         self.field.resample_to_box(box)
         self._visibility = None  # of the old voxels; the next batches see the new ones
+        self._mask = None  # of the old box, which a grid of the same shape would not tell
         if optimizers is not None:  # hand them the new grids; Adam's moments belonged to the old voxels
             replacements = dict(zip(old, (self.field.base_logits, self.field.features)))
             for optimizer in optimizers.optimizers.values():
@@ -393,7 +401,8 @@ class RSSDFModel(Model):
         return self.field.make_solid(outside | inside)
 
     def empty_space_mask(self, smoothed_grid: Tensor) -> Tensor:
-        """The skip mask, refreshed every `mask_refresh_steps` while training and whenever the grid changes in eval."""
+        """The voxels the march reads (True: may hold matter that light reaches; False: empty, or deep inside opaque
+        matter), refreshed every `mask_refresh_steps` while training and whenever the grid changes in eval."""
         if self.training:
             key: Tuple = (self.step // self.config.mask_refresh_steps,)
         else:
@@ -416,7 +425,7 @@ class RSSDFModel(Model):
         ray_bundle = ray_bundle.flatten()
         smoothed_grid = self.field.smoothed_occupancy_grid()
         visibility = None
-        if self.training and self.config.fill_every > 0:
+        if self.training and self.config.fill_every > 0 and not self.geometry_frozen:  # a frozen one has no fills
             visibility = self._visibility
             if visibility is None or visibility.seen_through.shape != smoothed_grid.shape:  # (a checkpoint was loaded)
                 visibility = self._visibility = RayVisibility.empty(
@@ -560,7 +569,7 @@ class RSSDFModel(Model):
 
 
 def total_variation(grid: Tensor) -> Tensor:
-    """Mean squared difference between neighbouring voxels of a ``[C, D, H, W]`` grid."""
+    """Mean squared difference between neighbouring voxels of a ``[..., D, H, W]`` grid."""
     return sum(grid.diff(dim=axis).pow(2).mean() for axis in (-1, -2, -3))  # type: ignore[return-value]
 
 

@@ -28,7 +28,8 @@ sphere of benchmarks/scene_geometry.py kept pockets inside it, and inner surface
 
 
 NOTHING_SEEN = 1e-8
-"""A ray whose coarse march composites less opacity than this saw nothing: its samples are spread uniformly."""
+"""A ray whose coarse march composites less opacity than this saw nothing: its samples are spread uniformly over
+its bins (under `clip_march` it has one, of zero length, at its entry), and training does not read them."""
 COARSE_ACCUMULATION = "coarse_accumulation"
 """Key of the samples' metadata that holds each ray's accumulated opacity in the coarse march, ``[..., 1, 1]``."""
 

@@ -11,6 +11,7 @@ from nerfstudio.engine.optimizers import Optimizers
 from rs_nerfstudio import grid as grids
 from rs_nerfstudio.config import rs_sdf_trainer_config
 from rs_nerfstudio.model import RSSDFModelConfig, indecision
+from rs_nerfstudio.optim import resolve_decay_steps
 
 
 def small_model(**overrides):
@@ -18,10 +19,17 @@ def small_model(**overrides):
     return config.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3])), num_train_data=1)
 
 
+def default_optimizers(model) -> Optimizers:
+    """rs-sdf's optimizers and schedules, as ns-train makes them."""
+    config = rs_sdf_trainer_config()
+    resolve_decay_steps(config.optimizers, config.max_num_iterations)
+    return Optimizers(config.optimizers, model.get_param_groups())
+
+
 def test_the_coarse_stage_then_the_fitted_box_train_through_the_optimizers() -> None:
     model = small_model(coarse_scale=0.5)
     assert model.field.grid_shape == (16, 16, 16) and not model.box_fitted
-    optimizers = Optimizers(rs_sdf_trainer_config().optimizers, model.get_param_groups())
+    optimizers = default_optimizers(model)
     assert not model.fit_box(optimizers)  # no matter yet: nothing to fit
     centres = grids.grid_coords_of_nodes(model.field.aabb, model.field.grid_shape)
     with torch.no_grad():
@@ -123,7 +131,7 @@ def test_the_geometry_freezes_at_its_share_of_training_and_colour_trains_on(budg
     optimizer leaves it, the fills stop (the shell's fog would be filled), the blur is cached; colour still learns."""
     model, _ = model_with_matter("shell", freeze_geometry_at=0.5, train_time_budget=budget)
     model.max_steps = 10
-    optimizers = Optimizers(rs_sdf_trainer_config().optimizers, model.get_param_groups())
+    optimizers = default_optimizers(model)
     rays = rays_along_the_axes()
 
     def train_step(step: int) -> None:
@@ -141,9 +149,11 @@ def test_the_geometry_freezes_at_its_share_of_training_and_colour_trains_on(budg
     assert model.geometry_frozen and model.field.base_logits.grad is None
     assert torch.equal(model.field.base_logits.detach(), geometry)
     assert not torch.equal(model.field.features.detach(), colour)
-    assert model.fill_unseen_space() == 0
+    assert model.fill_unseen_space() == 0 and model._visibility is None  # no fills, and no record kept for them
     assert model.field.smoothed_occupancy_grid() is model.field.smoothed_occupancy_grid()
     model.field.base_logits.requires_grad_(True)  # the same rays would have filled the fog inside the shell
+    for _ in range(model.config.fill_every):
+        model.get_outputs(rays)
     assert model.fill_unseen_space() > 0
 
 
