@@ -8,6 +8,7 @@ vertices, and the same mesh as one marching-cubes call over the whole lattice.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,22 @@ def evaluate_block(sdf_fn: SDFFunction, lattice: Lattice, start, stop, chunk: in
     with torch.no_grad():
         values = torch.cat([sdf_fn(part).float().cpu() for part in flat.split(chunk)])
     return values.reshape(points.shape[:3]).numpy()
+
+
+SLAB_NODES = 1 << 22
+"""Nodes per slab of :func:`evaluate_lattice`: ~160 MB of points and temporaries besides the result."""
+
+
+def evaluate_lattice(sdf_fn: SDFFunction, lattice: Lattice, slab_nodes: int = SLAB_NODES) -> np.ndarray:
+    """The SDF on every lattice node, ``[nx, ny, nz]`` float32, computed in slabs along x: memory is the result's 4
+    bytes per node plus one slab's, not the ~40 bytes per node that evaluating the whole lattice at once takes."""
+    values = np.empty(lattice.counts, dtype=np.float32)
+    nx, ny, nz = lattice.counts
+    slab = max(1, slab_nodes // (ny * nz))
+    for start in range(0, nx, slab):
+        stop = min(nx, start + slab)
+        values[start:stop] = evaluate_block(sdf_fn, lattice, (start, 0, 0), (stop, ny, nz))
+    return values
 
 
 def block_starts(counts: Tuple[int, int, int], block: int) -> Iterator[Tuple[int, int, int]]:
@@ -208,6 +225,8 @@ class ExportMesh(_RunCommand):
             raise InputError(f"--keep-components must be 0 (keep all) or more, got {self.keep_components}")
         if self.target_faces is not None and self.target_faces < 4:
             raise InputError(f"--target-faces must be at least 4, got {self.target_faces}")
+        if self.target_faces is not None and importlib.util.find_spec("pymeshlab") is None:  # before the meshing
+            raise InputError("--target-faces needs pymeshlab (pip install pymeshlab), which this environment lacks")
         path = self.output_dir / f"mesh.{self.format}"
         check_outputs([path], self.overwrite)
         from rs_nerfstudio.grid import available_memory_bytes
@@ -283,12 +302,12 @@ class ExportSdf(_RunCommand):
         model, _ = load_model(self.load_config)
         low, high = box_of(model, None, None)
         lattice = Lattice.over_box(low, high, self.resolution)
-        needed = 3 * 4 * math.prod(lattice.counts)
+        needed = 4 * math.prod(lattice.counts) + 40 * SLAB_NODES  # the result, and one slab's points and values
         from rs_nerfstudio.grid import available_memory_bytes
 
         if needed > available_memory_bytes("cpu"):
             raise InputError(f"--resolution {self.resolution} needs ~{needed / 2**30:.1f} GiB; lower it")
-        values = evaluate_block(run_sdf_function(model), lattice, (0, 0, 0), lattice.counts)
+        values = evaluate_lattice(run_sdf_function(model), lattice)
         write_atomically(
             path,
             lambda tmp: np.savez_compressed(

@@ -12,7 +12,16 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
-from rs_nerfstudio.export import ExportMesh, ExportSdf, ExportSlices, Lattice, extract_mesh, weld
+from rs_nerfstudio.export import (
+    ExportMesh,
+    ExportSdf,
+    ExportSlices,
+    Lattice,
+    evaluate_block,
+    evaluate_lattice,
+    extract_mesh,
+    weld,
+)
 from rs_nerfstudio.scenes import get_shape
 from rs_nerfstudio.validation import InputError
 from tests.conftest import command
@@ -66,6 +75,16 @@ def test_no_zero_crossing_is_refused() -> None:
     lattice = Lattice.over_box((-1, -1, -1), (1, 1, 1), 9)
     with pytest.raises(InputError, match="no 0.0 crossing"):
         extract_mesh(lambda p: p.norm(dim=-1) + 1.0, lattice)
+
+
+def test_the_lattice_evaluated_in_slabs_equals_one_block() -> None:
+    sdf = get_shape("torus").sdf
+    lattice = Lattice.over_box((-1.5, -1.0, -0.5), (1.5, 1.0, 0.5), 40)
+    whole = evaluate_block(sdf, lattice, (0, 0, 0), lattice.counts)
+    nodes_per_x = lattice.counts[1] * lattice.counts[2]
+    slabs = evaluate_lattice(sdf, lattice, slab_nodes=7 * nodes_per_x)  # 40 layers in slabs of 7: a short last one
+    assert slabs.dtype == np.float32 and slabs.shape == whole.shape == lattice.counts
+    np.testing.assert_array_equal(slabs, whole)
 
 
 def test_rs_export_from_a_run(trained_run: Path, tmp_path: Path) -> None:
@@ -150,3 +169,17 @@ def test_bad_numbers_and_existing_outputs_are_refused_before_the_run_is_read(tmp
     (tmp_path / "a-file").write_text("mine")
     with pytest.raises(InputError, match="a-file is a file, not a folder"):
         ExportSdf(absent, output_dir=tmp_path / "a-file" / "sub").main()
+
+
+def test_simplifying_without_pymeshlab_is_refused_before_the_run_is_read(tmp_path: Path, monkeypatch) -> None:
+    """nerfstudio leaves pymeshlab out on some platforms (aarch64): say so before minutes of meshing, not after."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+
+    def without_pymeshlab(name: str, *args):
+        return None if name == "pymeshlab" else find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_pymeshlab)
+    with pytest.raises(InputError, match="--target-faces needs pymeshlab"):
+        ExportMesh(tmp_path / "no-run" / "config.yml", target_faces=1000).main()
