@@ -1,7 +1,8 @@
 """``rs-demo``: make the default scene, train rs-sdf on it for a few minutes, score it on the test views.
 
 Everything runs through nerfstudio's own training loop and evaluation, exactly as ``ns-train rs-sdf`` and
-``ns-eval`` would, so the run it leaves behind opens in ``ns-viewer`` and exports with ``ns-export``.
+``ns-eval`` would, so the run it leaves behind opens in ``ns-viewer`` and exports with ``rs-export`` (or, on CUDA,
+``ns-export``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class DemoConfig:
     image_size: int = 100
     """Width and height of the generated views, in pixels."""
     train_seconds: float = 150.0
-    """Training wall-clock budget, in seconds."""
+    """Training budget, in seconds spent inside training iterations (start-up and evaluation come on top)."""
     viewer: bool = False
     """Open nerfstudio's viewer during training (it stays up after training until you press Ctrl+C)."""
 
@@ -62,13 +63,40 @@ def run_demo(config: DemoConfig) -> dict:
     trainer_config.steps_per_eval_image = 1_000_000  # the demo evaluates once, at the end
     trainer_config.steps_per_eval_batch = 1_000_000
 
-    from nerfstudio.scripts.train import main as ns_train_main
-
-    ns_train_main(trainer_config)
-    config_path = trainer_config.get_base_dir() / "config.yml"
+    finished = train(trainer_config)
+    config_path = trainer_config.get_base_dir() / "config.yml"  # after train(), which sets the run's timestamp
+    if not finished:
+        print(f"\nrs-demo: training stopped by Ctrl+C before its budget; the run so far is in {config_path.parent}")
+        raise SystemExit(130)
     metrics = evaluate_run(config_path)
     print_summary(config_path, metrics)
     return {"config": str(config_path), **metrics}
+
+
+def train(trainer_config) -> bool:
+    """What ``ns-train`` does with the config, in this process; False if Ctrl+C stopped training before its end.
+
+    ns-train's launcher catches Ctrl+C and returns as if training had ended, which would have the demo go on to score
+    a half-trained run. Ctrl+C while the viewer stays up after training (``--viewer``) is how that ends: True.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    trainer_config.set_timestamp()
+    trainer_config.print_to_terminal()
+    trainer_config.save_config()
+    random.seed(trainer_config.machine.seed)
+    np.random.seed(trainer_config.machine.seed)
+    torch.manual_seed(trainer_config.machine.seed)
+    trainer = trainer_config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    try:
+        trainer.train()
+    except KeyboardInterrupt:
+        return trainer.training_state == "completed"  # set once the final checkpoint is saved
+    return True
 
 
 def check_reused_scene(scene_dir: Path, config: DemoConfig) -> None:

@@ -267,6 +267,13 @@ def ground_truth_mesh(shape: Shape, resolution: int) -> trimesh.Trimesh:
 
 
 # ----- writing a scene --------------------------------------------------------------------------------------------
+SPLITS = ("train", "val", "test")
+SCENE_ENTRIES = frozenset(
+    ["mesh.ply", "sdf.npz", "scene.json", *SPLITS, *(f"transforms_{split}.json" for split in SPLITS)]
+)
+"""What a scene's folder holds: all that `--overwrite` may replace."""
+
+
 def make_scene(
     output_dir: Path,
     shape: str = "union",
@@ -283,7 +290,8 @@ def make_scene(
     ``scene.json`` beside the views; returns ``output_dir``.
 
     The scene is written into a hidden sibling folder and renamed into place at the end, so a failure leaves nothing
-    behind. An existing non-empty folder is refused (:class:`FileExistsError`) unless ``overwrite``.
+    behind. An existing non-empty folder is refused (:class:`FileExistsError`) unless ``overwrite``, and even then
+    unless it holds nothing but what rs-scene writes (see `SCENE_ENTRIES`): the whole folder is replaced.
     """
     output_dir = Path(output_dir)
     target = output_dir.absolute()
@@ -304,6 +312,11 @@ def make_scene(
         raise FileExistsError(f"{output_dir} exists and is not a folder")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty; choose another folder or pass --overwrite")
+    foreign = sorted(set(path.name for path in target.iterdir()) - SCENE_ENTRIES) if target.is_dir() else []
+    if foreign:  # and overwrite: the whole folder would go, with what the user keeps there
+        listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise FileExistsError(f"{output_dir} holds {listed}, which rs-scene did not write; --overwrite replaces a "
+                              "scene's folder only")
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.partial"
@@ -387,7 +400,7 @@ class SceneConfig:
     sdf_resolution: int = 128
     """Nodes per axis of the exact-SDF grid in sdf.npz."""
     overwrite: bool = False
-    """Replace a non-empty output folder."""
+    """Replace a scene that rs-scene wrote there before (a folder holding anything else is refused)."""
 
 
 def entrypoint() -> None:

@@ -32,3 +32,28 @@ def test_a_folder_in_the_way_of_the_scene_is_left_alone(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="holds no scene made by rs-scene: choose another --output-dir"):
         run_demo(DemoConfig(output_dir=tmp_path))
     assert (tmp_path / "scene" / "notes.txt").read_text() == "mine"
+
+
+def test_the_demo_trains_and_scores_and_ctrl_c_stops_it_before_scoring(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Ctrl+C in training ends the demo (nerfstudio's launcher would have scored the half-trained run); the demo
+    otherwise trains through nerfstudio's trainer and scores the test views as ns-eval does."""
+    import json
+
+    from nerfstudio.engine.trainer import Trainer
+
+    config = DemoConfig(output_dir=tmp_path, image_size=16, train_seconds=3.0)
+    train = Trainer.train
+
+    def interrupted(self) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        run_demo(config)
+    assert stopped.value.code == 130 and "stopped by Ctrl+C" in capsys.readouterr().out
+    assert not list(tmp_path.glob("runs/**/demo_eval.json"))
+    monkeypatch.setattr(Trainer, "train", train)
+    result = run_demo(config)  # reuses the scene; a few steps (training well is test_integration.py's)
+    written = json.loads((Path(result["config"]).parent / "demo_eval.json").read_text())
+    assert written["step"] == result["step"] > 0 and written["psnr"] == result["psnr"] and 0 < result["psnr"] < 100
+    assert f"rs-demo: test PSNR {result['psnr']:.2f} dB" in capsys.readouterr().out

@@ -244,8 +244,14 @@ def test_existing_folder_is_not_overwritten(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [f"rs-scene: error: {target} exists and is not empty; "
                                                   "choose another folder or pass --overwrite"]  # fmt: skip
     assert [p.name for p in target.iterdir()] == ["notes.txt"]
-    scenes.make_scene(target, overwrite=True, **TINY)
-    assert not (target / "notes.txt").exists() and (target / "transforms_train.json").is_file()
+    with pytest.raises(FileExistsError, match="notes.txt, which rs-scene did not write"):
+        scenes.make_scene(target, overwrite=True, **TINY)  # --overwrite replaces a scene, not a folder of the user's
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+    (target / "notes.txt").unlink()
+    scenes.make_scene(target, **TINY)
+    first = (target / "transforms_train.json").read_text()
+    scenes.make_scene(target, overwrite=True, **{**TINY, "seed": 1})
+    assert (target / "transforms_train.json").read_text() != first  # the scene replaced
     assert [p.name for p in tmp_path.iterdir()] == ["mine"], "a staging folder was left behind"
 
 
