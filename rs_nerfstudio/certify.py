@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Literal, Optional, Tuple
 
@@ -254,11 +254,12 @@ class CertifyConfig:
             check_sample_sizes(self.n0, self.n, self.alpha, self.mode)
         json_path, npz_path = self.report_paths()
         check_outputs([json_path, npz_path], self.overwrite)
+        given = load_points(self.points) if self.points is not None else None  # a bad file is named before the run
         model, _ = load_model(self.load_config)
         model.field.render_sigma, model.field.render_level = None, 0.0
         sigma = model.field.sigma
-        if self.points is not None:
-            points = load_points(self.points)
+        if given is not None:
+            points = given
             check_points(points, model.field.aabb.cpu(), str(self.points))
         else:
             points = generated_points(model, self.generate, self.num_points, self.seed)

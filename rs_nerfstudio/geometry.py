@@ -134,11 +134,15 @@ class GeometryConfig:
             raise InputError(f"--num-points must be at least 1, got {self.num_points}")
         check_outputs([self.output], self.overwrite)
         predicted, ground_truth = load_mesh(self.mesh), load_mesh(self.gt_mesh)
-        metrics = mesh_metrics(predicted, ground_truth, self.num_points, self.seed)
-        if self.load_config is not None:
+        model = None
+        if self.load_config is not None:  # opened, and the ground truth checked, before the mesh metrics
             from rs_nerfstudio.runs import load_model
 
+            if not ground_truth.is_watertight:
+                raise InputError(f"--gt-mesh {self.gt_mesh} is not watertight, so its signed distance is undefined")
             model, _ = load_model(self.load_config)
+        metrics = mesh_metrics(predicted, ground_truth, self.num_points, self.seed)
+        if model is not None:
             metrics.update(weak_sdf_metrics(model, ground_truth, seed=self.seed))
         text = json.dumps(metrics, indent=2)
         write_atomically(self.output, lambda path: path.write_text(text, encoding="utf8"), self.overwrite)

@@ -92,7 +92,8 @@ def check_poses(source: Path, matrices: List) -> None:
         except (TypeError, ValueError):
             raise InputError(f"frame {index} of {source} has no numeric transform_matrix") from None
         if len(rows) not in (3, 4) or any(len(row) != 4 for row in rows):
-            raise InputError(f"frame {index} of {source}: transform_matrix must be 4x4, got {len(rows)} rows")
+            lengths = "/".join(str(len(row)) for row in rows)
+            raise InputError(f"frame {index} of {source}: transform_matrix must be 4x4, got rows of {lengths} values")
         if not all(math.isfinite(value) for row in rows for value in row):
             raise InputError(f"frame {index} of {source}: transform_matrix has NaN or infinite values")
         if abs(determinant_3x3([row[:3] for row in rows[:3]])) < 1e-12:  # e.g. all zeros: the rays go nowhere
@@ -206,6 +207,8 @@ def check_settings(config: "TrainerConfig") -> None:
             raise InputError(f"{flag} must be positive, got {value}")
     if not 0.0 <= model.freeze_geometry_at <= 1.0:
         raise InputError(f"{prefix}freeze-geometry-at is a share of training, in [0, 1], got {model.freeze_geometry_at}")
+    if not 0.0 < model.initial_occupancy < 1.0:  # a probability whose logit starts the grid
+        raise InputError(f"{prefix}initial-occupancy must be in (0, 1), got {model.initial_occupancy}")
 
 
 def check_resume(config: "TrainerConfig", scene_aabb: "Tensor") -> None:

@@ -112,3 +112,25 @@ def test_report_files_are_named_and_never_replaced_unasked(tmp_path: Path) -> No
         CertifyConfig(absent, output=tmp_path / "lego_sigma0.5").main()
     with pytest.raises(InputError, match="--num-points"):
         CertifyConfig(absent, output=tmp_path / "other", num_points=0).main()
+
+
+def test_rs_certify_on_a_trained_run(trained_run: Path, tmp_path: Path) -> None:
+    """The command end to end: points in the surface band, the grid's radius at each, and soft Monte Carlo (the
+    quantity the grid computes) agreeing with it to a small share of sigma."""
+    import json
+    import subprocess
+
+    from tests.conftest import command
+
+    output = tmp_path / "report"
+    result = subprocess.run(
+        [command("rs-certify"), "--load-config", str(trained_run), "--num-points", "200", "--monte-carlo",
+         "--mode", "soft", "--n", "20000", "--output", str(output)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    arrays, summary = np.load(f"{output}.npz"), json.loads(Path(f"{output}.json").read_text())
+    sigma = summary["sigma"]
+    assert arrays["points"].shape == (200, 3) and summary["points"] == 200
+    assert np.isfinite(arrays["grid_radius"]).all() and (np.abs(arrays["grid_radius"]) < 2 * sigma + 1e-6).all()
+    assert summary["mc_abstention_rate"] < 0.5 and summary["mean_abs_difference_sigma"] < 0.1

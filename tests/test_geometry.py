@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import trimesh
+from scipy.stats import norm
 
 from rs_nerfstudio.geometry import load_mesh, mesh_metrics, weak_sdf_metrics
 from rs_nerfstudio.validation import InputError
@@ -46,6 +47,37 @@ def test_unreadable_and_open_meshes(tmp_path: Path, unit_sphere) -> None:
         weak_sdf_metrics(model=None, ground_truth=open_mesh)
 
 
+class AnalyticField:
+    """A stand-in for a run's field whose weak SDF is ``scale`` times the unit sphere's signed distance."""
+
+    def __init__(self, scale: float) -> None:
+        import torch
+
+        self.scale, self.sigma, self.voxel_length = scale, 0.05, 0.025
+        self.aabb = torch.tensor([[-1.5] * 3, [1.5] * 3])
+
+    def weak_sdf(self, points):
+        return self.scale * (points.norm(dim=-1) - 1.0)
+
+
+def test_weak_sdf_metrics_against_known_answers(unit_sphere) -> None:
+    """The exact SDF: no error and no violated bound. 1.5 times it: errors of half the distance, and the bound
+    violated at every point off the surface. (The icosphere's facets sit up to ~1e-4 inside the sphere.)"""
+    from types import SimpleNamespace
+
+    exact = weak_sdf_metrics(SimpleNamespace(field=AnalyticField(1.0)), unit_sphere, num_points=5000)
+    assert exact["band_points"] > 4000 and exact["weak_sdf_median_abs_error"] < 1e-3
+    assert exact["bound_violated_by_over_half_voxel_fraction"] == 0.0
+    steep = weak_sdf_metrics(SimpleNamespace(field=AnalyticField(1.5)), unit_sphere, num_points=5000)
+    # The points' distances d to the surface are N(0, (1.5 sigma)^2), kept where |d| <= 2 sigma; the error is |d| / 2.
+    spread = 1.5 * 0.05
+    kept = 2 * norm.cdf(2 / 1.5) - 1
+    assert steep["weak_sdf_median_abs_error"] == pytest.approx(0.5 * spread * norm.ppf(0.5 + kept / 4), rel=0.05)
+    assert steep["bound_violated_fraction"] > 0.99
+    beyond = (kept - (2 * norm.cdf(0.025 / spread) - 1)) / kept  # 0.5 |d| > half a voxel
+    assert steep["bound_violated_by_over_half_voxel_fraction"] == pytest.approx(beyond, abs=0.03)
+
+
 def test_cli_on_a_run(trained_run: Path, tiny_scene: Path, tmp_path: Path) -> None:
     output = tmp_path / "geometry.json"
     result = subprocess.run(
@@ -59,7 +91,7 @@ def test_cli_on_a_run(trained_run: Path, tiny_scene: Path, tmp_path: Path) -> No
     metrics = json.loads(output.read_text())
     assert metrics["f_score@1.0%"] > 0.99  # the ground truth against itself
     assert metrics["band_points"] > 1000 and math.isfinite(metrics["weak_sdf_median_abs_error"])
-    assert 0.0 <= metrics["bound_violated_fraction"] <= 1.0
+    assert metrics["bound_violated_by_over_half_voxel_fraction"] < 0.5  # a trained weak SDF is mostly a bound
 
 
 def test_existing_output_and_bad_numbers_are_refused(tmp_path: Path) -> None:

@@ -96,6 +96,7 @@ def test_grid_too_large_for_memory(scene_copy: Path) -> None:
         ("train_time_budget", -5.0, "--pipeline.model.train-time-budget must be positive, got -5.0"),
         ("freeze_geometry_at", 50.0, "--pipeline.model.freeze-geometry-at is a share of training, in [0, 1], got 50.0"),
         ("freeze_geometry_at", float("nan"), "--pipeline.model.freeze-geometry-at is a share of training"),
+        ("initial_occupancy", 1.0, "--pipeline.model.initial-occupancy must be in (0, 1), got 1.0"),
     ],
 )
 def test_settings_that_would_fail_or_mean_nothing(scene_copy: Path, setting: str, value, message: str) -> None:
@@ -218,6 +219,11 @@ def test_images_of_another_size_or_mode(scene_copy: Path) -> None:
 def test_singular_pose(scene_copy: Path) -> None:
     edit_frames(scene_copy, "val", lambda meta: meta["frames"][0].update(transform_matrix=[[0.0] * 4] * 4))
     assert "frame 0 of" in check(scene_copy) and "singular rotation" in check(scene_copy)
+
+
+def test_a_pose_row_of_the_wrong_length(scene_copy: Path) -> None:
+    edit_frames(scene_copy, "val", lambda meta: meta["frames"][1]["transform_matrix"][2].pop())
+    assert "frame 1 of" in check(scene_copy) and "must be 4x4, got rows of 4/4/3/4 values" in check(scene_copy)
 
 
 def test_pose_matrices_of_mixed_shapes(scene_copy: Path) -> None:
