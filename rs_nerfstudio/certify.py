@@ -206,6 +206,8 @@ def generated_points(model, kind: Literal["band", "box"], count: int, seed: int)
     points = torch.cat(kept)[:count]
     if len(points) == 0:
         raise InputError("the run's weak SDF has no surface band in the box: nothing to certify")
+    if len(points) < count:
+        print(f"rs-certify: the surface band is thin; {len(points)} of the {count} points asked for were found")
     return points
 
 

@@ -64,8 +64,9 @@ def test_half_space_radius_is_the_signed_distance(mode: str) -> None:
     assert (np.sign(result.radius) == np.sign(distance)).all()
 
 
-def test_grid_radius_matches_half_space_distance() -> None:
-    """The grid's blur of the same half-space gives the same radius, exactly up to discretisation."""
+def test_the_blurred_grid_of_a_half_space_gives_its_distance() -> None:
+    """The grid's blur (gaussian_blur_3d, then weak_sdf, as the field computes grid_radius) of the same half-space
+    gives the same radius, exactly up to discretisation."""
     sigma_vox, voxel = 2.0, 0.05
     size = 40
     centres = (torch.arange(size, dtype=torch.float64) - size / 2 + 0.5) * voxel
