@@ -18,7 +18,6 @@ Signed radii follow nerfstudio's convention: positive outside, negative inside.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import tyro
 from jaxtyping import Float
 from torch import Tensor
 
-from rs_nerfstudio.outputs import check_outputs, write_atomically
+from rs_nerfstudio.outputs import check_outputs, metrics_json, write_atomically
 from rs_nerfstudio.runs import one_line
 from rs_nerfstudio.validation import InputError
 
@@ -287,7 +286,7 @@ class CertifyConfig:
                 mc_p_estimate=result.p_estimate, mc_predicted_inside=result.predicted_inside,
             )  # fmt: skip
         write_atomically(npz_path, lambda path: np.savez_compressed(path, **arrays), self.overwrite)
-        text = json.dumps(summary, indent=2)
+        text = metrics_json(summary)
         write_atomically(json_path, lambda path: path.write_text(text, encoding="utf8"), self.overwrite)
         for key, value in summary.items():
             print(f"{key:40s} {value:.6g}")

@@ -8,7 +8,6 @@ meant to hold, and the bound it certifies is checked: |weak SDF| should not exce
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -16,7 +15,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import tyro
 
-from rs_nerfstudio.outputs import check_outputs, write_atomically
+from rs_nerfstudio.outputs import check_outputs, metrics_json, write_atomically
 from rs_nerfstudio.validation import InputError
 
 F_SCORE_FRACTIONS = (0.005, 0.01)
@@ -144,7 +143,7 @@ class GeometryConfig:
         metrics = mesh_metrics(predicted, ground_truth, self.num_points, self.seed)
         if model is not None:
             metrics.update(weak_sdf_metrics(model, ground_truth, seed=self.seed))
-        text = json.dumps(metrics, indent=2)
+        text = metrics_json(metrics)
         write_atomically(self.output, lambda path: path.write_text(text, encoding="utf8"), self.overwrite)
         for key, value in metrics.items():
             print(f"{key:45s} {value:.6g}")

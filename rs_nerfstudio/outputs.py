@@ -3,10 +3,12 @@ half-written, and readable as the user's other files are (their umask, not a tem
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Dict, Iterable
 
 from rs_nerfstudio.validation import InputError
 
@@ -46,3 +48,9 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def metrics_json(metrics: Dict[str, float]) -> str:
+    """Metrics as strict JSON, which has no NaN or infinity: a metric that could not be computed (no point in the
+    band, every point abstained) is null, which every JSON reader accepts."""
+    return json.dumps({key: value if math.isfinite(value) else None for key, value in metrics.items()}, indent=2)

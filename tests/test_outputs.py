@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rs_nerfstudio.outputs import check_outputs, write_atomically
+from rs_nerfstudio.outputs import check_outputs, metrics_json, write_atomically
 from rs_nerfstudio.validation import InputError
 
 
@@ -42,3 +42,13 @@ def test_written_whole_with_the_users_umask(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         write_atomically(path, fail, overwrite=True)
     assert path.read_text() == "done" and sorted(p.name for p in path.parent.iterdir()) == ["out.txt"]
+
+
+def test_metrics_that_could_not_be_computed_are_null_in_strict_json() -> None:
+    import json
+
+    def refuse(constant: str):
+        raise ValueError(f"not JSON: {constant}")
+
+    text = metrics_json({"psnr": 31.5, "p95_abs_difference_sigma": float("nan"), "ratio": float("inf")})
+    assert json.loads(text, parse_constant=refuse) == {"psnr": 31.5, "p95_abs_difference_sigma": None, "ratio": None}
