@@ -183,3 +183,21 @@ def test_simplifying_without_pymeshlab_is_refused_before_the_run_is_read(tmp_pat
     monkeypatch.setattr(importlib.util, "find_spec", without_pymeshlab)
     with pytest.raises(InputError, match="--target-faces needs pymeshlab"):
         ExportMesh(tmp_path / "no-run" / "config.yml", target_faces=1000).main()
+
+
+def test_mesh_options_level_box_and_obj(trained_run: Path, tmp_path: Path) -> None:
+    """--level inflates the surface, --bbox-min/max bounds what is meshed, --format obj writes the same mesh."""
+
+    def export(name: str, **options) -> trimesh.Trimesh:
+        path = ExportMesh(trained_run, output_dir=tmp_path / name, resolution=48, **options).main()
+        return trimesh.load(path, process=False)
+
+    surface = export("surface")
+    inflated = export("inflated", level=0.05)
+    assert (inflated.extents > surface.extents + 0.05).all()  # ~0.05 further out on each side
+    low, high = surface.bounds
+    middle = (low + high) / 2
+    half = export("half", bbox_min=tuple(low - 0.1), bbox_max=(float(middle[0]), *(high + 0.1)[1:]))
+    assert half.vertices[:, 0].max() <= middle[0] + 1e-5 and len(half.faces) < len(surface.faces)
+    as_obj = export("obj", format="obj")
+    assert (tmp_path / "obj" / "mesh.obj").is_file() and len(as_obj.faces) == len(surface.faces)
