@@ -172,7 +172,7 @@ def test_bad_numbers_and_existing_outputs_are_refused_before_the_run_is_read(tmp
 
 
 def test_simplifying_without_pymeshlab_is_refused_before_the_run_is_read(tmp_path: Path, monkeypatch) -> None:
-    """nerfstudio leaves pymeshlab out on some platforms (aarch64): say so before minutes of meshing, not after."""
+    """nerfstudio leaves pymeshlab out on some platforms (aarch64): say so before the meshing, not after it."""
     import importlib.util
 
     find_spec = importlib.util.find_spec
