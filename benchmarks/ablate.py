@@ -83,10 +83,9 @@ def configure(args: argparse.Namespace):
     from compare_methods import with_ns_train_flags
 
     from rs_nerfstudio.config import rs_sdf_trainer_config
-    from rs_nerfstudio.optim import resolve_decay_steps
 
     config = with_ns_train_flags(rs_sdf_trainer_config(), args.ns_train_args)
-    resolve_decay_steps(config.optimizers, config.max_num_iterations)  # as ns-train does; the clock overrides them
+    config.resolve_decay_steps()  # as ns-train does; the clock overrides them
     config.pipeline.datamanager.data = args.data
     config.pipeline.model.train_time_budget = args.decay_seconds or args.seconds  # the model's clock: train()'s
     if args.freeze_geometry:

@@ -29,7 +29,6 @@ from typing import Dict
 import torch
 
 from rs_nerfstudio.config import rs_sdf_trainer_config
-from rs_nerfstudio.optim import resolve_decay_steps
 
 
 def main() -> None:
@@ -54,7 +53,7 @@ def main() -> None:
         pipeline.train()
     else:
         config = rs_sdf_trainer_config()
-        resolve_decay_steps(config.optimizers, config.max_num_iterations)
+        config.resolve_decay_steps()
         config.pipeline.datamanager.data = args.data
         pipeline = config.pipeline.setup(device="cpu", test_mode="val")
         start_step = 0

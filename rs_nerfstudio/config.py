@@ -12,7 +12,8 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 
 from rs_nerfstudio.dataparser import CheckedBlenderDataParserConfig
 from rs_nerfstudio.model import RSSDFModelConfig
-from rs_nerfstudio.optim import ExponentialDecaySchedulerConfig, FusedAdamOptimizerConfig, resolve_decay_steps
+from rs_nerfstudio import optim
+from rs_nerfstudio.optim import ExponentialDecaySchedulerConfig, FusedAdamOptimizerConfig
 
 DEFAULT_MAX_STEPS = 5000
 
@@ -27,19 +28,24 @@ class RSSDFTrainerConfig(TrainerConfig):
         from rs_nerfstudio.validation import check_training_inputs
 
         check_training_inputs(self)
-        resolve_decay_steps(self.optimizers, self.max_num_iterations)
+        self.resolve_decay_steps()
         super().print_to_terminal()
 
     def save_config(self) -> None:
         from rs_nerfstudio.validation import check_training_inputs
 
         check_training_inputs(self)  # again, for callers that save without printing (0.13 s on Lego 800 px)
-        resolve_decay_steps(self.optimizers, self.max_num_iterations)
+        self.resolve_decay_steps()
         super().save_config()
 
     def setup(self, **kwargs):
-        resolve_decay_steps(self.optimizers, self.max_num_iterations)
+        self.resolve_decay_steps()
         return super().setup(**kwargs)
+
+    def resolve_decay_steps(self) -> None:
+        """Decays left at ``max_steps=None`` run over `--max-num-iterations`: before the config is printed, saved or
+        set up, and by scripts that build the optimizers from it themselves."""
+        optim.resolve_decay_steps(self.optimizers, self.max_num_iterations)
 
 
 def rs_sdf_trainer_config(max_steps: int = DEFAULT_MAX_STEPS) -> RSSDFTrainerConfig:

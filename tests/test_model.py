@@ -11,7 +11,6 @@ from nerfstudio.engine.optimizers import Optimizers
 from rs_nerfstudio import grid as grids
 from rs_nerfstudio.config import rs_sdf_trainer_config
 from rs_nerfstudio.model import RSSDFModelConfig, indecision
-from rs_nerfstudio.optim import resolve_decay_steps
 
 
 def small_model(**overrides):
@@ -22,7 +21,7 @@ def small_model(**overrides):
 def default_optimizers(model) -> Optimizers:
     """rs-sdf's optimizers and schedules, as ns-train makes them."""
     config = rs_sdf_trainer_config()
-    resolve_decay_steps(config.optimizers, config.max_num_iterations)
+    config.resolve_decay_steps()
     return Optimizers(config.optimizers, model.get_param_groups())
 
 
