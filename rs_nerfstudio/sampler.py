@@ -70,13 +70,14 @@ class RayVisibility:
 
 
 def intersect_aabb(
-    origins: Float[Tensor, "R 3"], directions: Float[Tensor, "R 3"], aabb: Float[Tensor, "2 3"], near: float = 0.0
+    origins: Float[Tensor, "R 3"], directions: Float[Tensor, "R 3"], aabb: Float[Tensor, "2 3"]
 ) -> Tuple[Float[Tensor, "R"], Float[Tensor, "R"]]:
-    """Entry and exit distances of each ray through the box (slab method); t_far == t_near for rays that miss."""
+    """Entry and exit distances of each ray through the box (slab method), from the origin on for a camera inside
+    it; t_far == t_near for rays that miss."""
     safe = torch.where(directions.abs() < 1e-9, torch.full_like(directions, 1e-9), directions)
     t_low = (aabb[0] - origins) / safe
     t_high = (aabb[1] - origins) / safe
-    t_near = torch.minimum(t_low, t_high).amax(dim=-1).clamp_min(near)
+    t_near = torch.minimum(t_low, t_high).amax(dim=-1).clamp_min(0.0)
     t_far = torch.maximum(t_low, t_high).amin(dim=-1)
     return t_near, torch.maximum(t_far, t_near)
 
@@ -298,7 +299,7 @@ class OccupancyGuidedSampler:
 
     def __init__(
         self,
-        num_samples: int = 48,
+        num_samples: int = 32,
         coarse_step: float = 1.0,
         uniform_fraction: float = 0.05,
         interpolate: bool = True,
@@ -327,14 +328,13 @@ class OccupancyGuidedSampler:
         aabb: Float[Tensor, "2 3"],
         voxel_length: float,
         density_fn: Callable[[Tensor], Tensor],
-        near: float,
         visibility: Optional[RayVisibility] = None,
     ) -> Tuple[PackedMarch, Float[Tensor, "P"], Float[Tensor, "R"]]:
         """The packed coarse march of each ray through the box, its bins' compositing weights and each ray's total
         opacity (the sum of its weights); the march is recorded in ``visibility`` when one is given."""
         origins = ray_bundle.origins.reshape(-1, 3)
         directions = ray_bundle.directions.reshape(-1, 3)
-        t_near, t_far = intersect_aabb(origins, directions, aabb, near)
+        t_near, t_far = intersect_aabb(origins, directions, aabb)
         step = self.coarse_step * voxel_length
         span = None
         if self.clip and (visibility is None or visibility.behind_matter is None):
@@ -369,14 +369,13 @@ class OccupancyGuidedSampler:
         aabb: Float[Tensor, "2 3"],
         voxel_length: float,
         density_fn: Callable[[Tensor], Tensor],
-        near: float = 0.0,
         training: bool = True,
         visibility: Optional[RayVisibility] = None,
     ) -> RaySamples:
         """Samples for each ray; ``density_fn`` maps smoothed occupancy to volume density; the coarse march is recorded
         in ``visibility`` when one is given."""
         march, weights, total = self.coarse_weights(
-            ray_bundle, smoothed_grid, mask, aabb, voxel_length, density_fn, near, visibility
+            ray_bundle, smoothed_grid, mask, aabb, voxel_length, density_fn, visibility
         )
         uniform = self.uniform_fraction if training else 0.0
         # Rays that see nothing fall back to uniform samples over their chord (a ray's bins are of equal length).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from nerfstudio.cameras.rays import RayBundle
@@ -10,7 +12,9 @@ from nerfstudio.engine.optimizers import Optimizers
 
 from rs_nerfstudio import grid as grids
 from rs_nerfstudio.config import rs_sdf_trainer_config
+from rs_nerfstudio.field import RSSDFField
 from rs_nerfstudio.model import RSSDFModelConfig, indecision
+from rs_nerfstudio.sampler import OccupancyGuidedSampler
 
 
 def small_model(**overrides):
@@ -23,6 +27,36 @@ def default_optimizers(model) -> Optimizers:
     config = rs_sdf_trainer_config()
     config.resolve_decay_steps()
     return Optimizers(config.optimizers, model.get_param_groups())
+
+
+def test_the_field_and_sampler_default_to_the_methods_settings() -> None:
+    """Scripts that build the field or the sampler directly get what `ns-train rs-sdf` trains with."""
+    config = RSSDFModelConfig()
+    method = {
+        RSSDFField: {
+            "resolution": config.grid_resolution,
+            "sigma": config.sigma,
+            "steepness": config.initial_steepness,
+            "density_eps": config.density_eps,
+            "initial_occupancy": config.initial_occupancy,
+            "appearance_resolution": config.appearance_resolution,
+            "appearance_dim": config.appearance_dim,
+            "hidden_dim": config.hidden_dim,
+            "sh_levels": config.sh_levels,
+            "colour_heads": config.colour_heads,
+            "stagger_colour": config.stagger_colour,
+        },
+        OccupancyGuidedSampler: {
+            "num_samples": config.num_samples,
+            "coarse_step": config.coarse_step,
+            "uniform_fraction": config.uniform_sample_fraction,
+            "interpolate": config.coarse_read == "interpolated",
+            "clip": config.clip_march,
+        },
+    }
+    for cls, settings in method.items():
+        defaults = inspect.signature(cls.__init__).parameters
+        assert {name: defaults[name].default for name in settings} == settings, cls.__name__
 
 
 def test_the_coarse_stage_then_the_fitted_box_train_through_the_optimizers() -> None:
