@@ -16,6 +16,8 @@ from rs_nerfstudio import optim
 from rs_nerfstudio.optim import ExponentialDecaySchedulerConfig, FusedAdamOptimizerConfig
 
 DEFAULT_MAX_STEPS = 5000
+BUDGET_MAX_STEPS = 1 << 30
+"""`--max-num-iterations` under a time budget that leaves it at its default: the clock ends the run, not 5000 steps."""
 
 
 @dataclass
@@ -28,19 +30,27 @@ class RSSDFTrainerConfig(TrainerConfig):
         from rs_nerfstudio.validation import check_training_inputs
 
         check_training_inputs(self)
-        self.resolve_decay_steps()
+        self.resolve_defaults()
         super().print_to_terminal()
 
     def save_config(self) -> None:
         from rs_nerfstudio.validation import check_training_inputs
 
         check_training_inputs(self)  # again, for callers that save without printing (0.13 s on Lego 800 px)
-        self.resolve_decay_steps()
+        self.resolve_defaults()
         super().save_config()
 
     def setup(self, **kwargs):
-        self.resolve_decay_steps()
+        self.resolve_defaults()
         return super().setup(**kwargs)
+
+    def resolve_defaults(self) -> None:
+        """What the defaults leave open, settled before the config is printed, saved or set up: the step limit
+        under a time budget, then the decays' length."""
+        if self.pipeline.model.train_time_budget is not None and self.max_num_iterations == DEFAULT_MAX_STEPS:
+            # Lego 200 px trains ~7,500 steps in 600 s on 2 CPU cores: 5000 would stop it at ~400 s.
+            self.max_num_iterations = BUDGET_MAX_STEPS
+        self.resolve_decay_steps()
 
     def resolve_decay_steps(self) -> None:
         """Decays left at ``max_steps=None`` run over `--max-num-iterations`: before the config is printed, saved or

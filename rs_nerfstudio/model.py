@@ -144,7 +144,8 @@ class RSSDFModelConfig(ModelConfig):
     """Colour behind the scene; Blender-synthetic scenes are rendered on white."""
     train_time_budget: Optional[float] = None
     """Train for this many seconds (then stop and save a checkpoint), with the learning rates decaying over that time
-    instead of over the trainer's steps. Only time inside training iterations counts. None: no limit."""
+    instead of over the trainer's steps. Only time inside training iterations counts. It lifts the default step
+    limit; a `--max-num-iterations` other than 5000 still stops the run first if it comes first. None: no limit."""
     freeze_geometry_at: float = 1.0
     """Share of training (of `train_time_budget`, else of the trainer's `--max-num-iterations`) after which the
     geometry grid stops learning and only colour trains: no blur backward, no geometry update and no fills, so each
@@ -331,18 +332,26 @@ class RSSDFModel(Model):
         do not eat into the budget.
         """
         budget = float(self.config.train_time_budget)  # type: ignore[arg-type]
+        this_run = {"steps": 0, "seconds": 0.0}  # iterations timed in this process, for the terminal's progress
 
         def start_iteration(step: int) -> None:
             self._iteration_started = time.perf_counter()
 
         def end_iteration(step: int) -> None:
             if self._iteration_started is not None:
-                self.train_seconds += time.perf_counter() - self._iteration_started
+                elapsed = time.perf_counter() - self._iteration_started
+                self.train_seconds += elapsed
+                this_run["steps"] += 1
+                this_run["seconds"] += elapsed
                 self._iteration_started = None
             if optimizers is not None:  # after the schedulers' own step-based update, which this overrides
                 decay_learning_rates_to(self.train_seconds / budget, optimizers, trainer.config.optimizers)
             if self.train_seconds >= budget:
                 trainer.stop_training = True
+            if this_run["seconds"] > 0:
+                steps_left = max(0.0, budget - self.train_seconds) * this_run["steps"] / this_run["seconds"]
+                last_step = getattr(trainer, "_start_step", 0) + trainer.config.max_num_iterations - 1
+                report_last_step(min(last_step, step + round(steps_left)))
 
         return [
             TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], start_iteration),
@@ -571,6 +580,16 @@ class RSSDFModel(Model):
 def total_variation(grid: Tensor) -> Tensor:
     """Mean squared difference between neighbouring voxels of a ``[..., D, H, W]`` grid."""
     return sum(grid.diff(dim=axis).pow(2).mean() for axis in (-1, -2, -3))  # type: ignore[return-value]
+
+
+def report_last_step(step: int) -> None:
+    """nerfstudio's terminal shows progress and an ETA against `--max-num-iterations`. Under a time budget the clock
+    ends the run, so the step it will likely end at goes there instead (none is shown until nerfstudio's writer is
+    set up, as in scripts that run the model without its trainer)."""
+    from nerfstudio.utils import writer
+
+    if "max_iter" in writer.GLOBAL_BUFFER:
+        writer.GLOBAL_BUFFER["max_iter"] = step + 1  # the count of steps, as nerfstudio's is
 
 
 def indecision(probabilities: Tensor) -> Tensor:

@@ -139,17 +139,23 @@ def test_ns_render_renders_the_model(trained_run: Path, tmp_path: Path) -> None:
 
 
 def test_time_budget_stops_training_and_decays_the_learning_rate(tiny_scene: Path, tmp_path: Path) -> None:
-    """--pipeline.model.train-time-budget: training stops on time (not steps), saves, with the lr at its final value."""
-    from rs_nerfstudio.config import rs_sdf_trainer_config
+    """--pipeline.model.train-time-budget: training stops on time (not steps), saves, with the lr at its final value.
+    The budget lifts the default step limit, which would otherwise end a long budget early."""
+    import yaml
+
+    from rs_nerfstudio.config import BUDGET_MAX_STEPS, rs_sdf_trainer_config
     from tests.conftest import TINY_TRAINING, ns_train_rs_sdf
 
     options = list(TINY_TRAINING) + ["--pipeline.model.train-time-budget", "4"]
-    options[options.index("--max-num-iterations") + 1] = "100000"
+    at = options.index("--max-num-iterations")
+    del options[at : at + 2]  # the default limit
     ns_train_rs_sdf(tiny_scene, tmp_path, options)
-    checkpoints = list(tmp_path.glob("*/rs-sdf/*/nerfstudio_models/step-*.ckpt"))
+    (config_path,) = tmp_path.glob("*/rs-sdf/*/config.yml")
+    assert yaml.load(config_path.read_text(), Loader=yaml.Loader).max_num_iterations == BUDGET_MAX_STEPS
+    checkpoints = list(config_path.parent.glob("nerfstudio_models/step-*.ckpt"))
     assert len(checkpoints) >= 1
     state = torch.load(sorted(checkpoints)[-1], map_location="cpu", weights_only=True)
-    assert 1 <= state["step"] < 100000 - 1
+    assert 1 <= state["step"] < BUDGET_MAX_STEPS - 1
     geometry = rs_sdf_trainer_config().optimizers["geometry"]
     lr, lr_final = geometry["optimizer"].lr, geometry["scheduler"].lr_final
     assert lr_final < lr / 5

@@ -205,6 +205,48 @@ def test_the_training_callbacks_freeze_the_geometry_at_the_trainers_step() -> No
         assert model.geometry_frozen == (step >= 2)
 
 
+def run_one_step(callbacks, step: int) -> None:
+    """The training callbacks around one iteration, as nerfstudio's trainer runs them."""
+    from nerfstudio.engine.callbacks import TrainingCallbackLocation
+
+    for location in (TrainingCallbackLocation.BEFORE_TRAIN_ITERATION, TrainingCallbackLocation.AFTER_TRAIN_ITERATION):
+        for callback in callbacks:
+            callback.run_callback_at_location(step, location)
+
+
+def test_under_a_time_budget_the_terminal_counts_down_to_the_step_the_clock_ends_at(monkeypatch) -> None:
+    """nerfstudio prints progress and an ETA against its step limit, which a budget lifts: the budget callbacks put
+    the step the clock will end at there, so the run reads 100% when it stops."""
+    from types import SimpleNamespace
+
+    from nerfstudio.engine.callbacks import TrainingCallbackAttributes
+    from nerfstudio.utils import writer
+
+    from rs_nerfstudio import model as model_module
+    from rs_nerfstudio.config import BUDGET_MAX_STEPS
+
+    clock = iter(0.5 * i for i in range(1000))  # each iteration takes 0.5 s
+    monkeypatch.setattr(model_module.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setitem(writer.GLOBAL_BUFFER, "max_iter", BUDGET_MAX_STEPS)
+    model = small_model(train_time_budget=10.0, fit_box_at_step=0, fill_every=0)
+    trainer = SimpleNamespace(config=SimpleNamespace(max_num_iterations=BUDGET_MAX_STEPS), stop_training=False)
+    attributes = TrainingCallbackAttributes(optimizers=None, grad_scaler=None, pipeline=None, trainer=trainer)
+    callbacks = model.get_training_callbacks(attributes)
+    step = 0
+    while not trainer.stop_training:
+        run_one_step(callbacks, step)
+        if step == 0:
+            assert writer.GLOBAL_BUFFER["max_iter"] == 20  # 0.5 s of 10 s: 19 more steps
+        step += 1
+    assert step == 20 and writer.GLOBAL_BUFFER["max_iter"] == 20
+
+    trainer = SimpleNamespace(config=SimpleNamespace(max_num_iterations=5), stop_training=False)  # a lower limit
+    model = small_model(train_time_budget=10.0, fit_box_at_step=0, fill_every=0)
+    attributes = TrainingCallbackAttributes(optimizers=None, grad_scaler=None, pipeline=None, trainer=trainer)
+    run_one_step(model.get_training_callbacks(attributes), 0)
+    assert writer.GLOBAL_BUFFER["max_iter"] == 5
+
+
 def test_hidden_space_under_a_dome_is_filled_by_the_hidden_rule_only() -> None:
     """Seen only from above, a dome hides the space under it: it is open, yet no ray can tell it from matter."""
     from_above = rays_along_the_axes(directions=[(2, -1.0)])
