@@ -1,7 +1,8 @@
 """Certified distances two ways: the grid's exact Gaussian smoothing, and Cohen et al.'s Monte-Carlo CERTIFY.
 
 What is certified is the *smoothed classifier of the base grid*: the base occupancy f_theta (the trained grid's
-sigmoid, trilinearly interpolated between voxel centres, 0 outside the scene box) convolved with N(0, sigma^2 I).
+sigmoid, trilinearly interpolated between voxel centres, 0 outside the grids' box, which training fits to the matter)
+convolved with N(0, sigma^2 I).
 
 - Hard CERTIFY (Cohen, Rosenfeld and Kolter, ICML 2019): the base classifier votes inside/outside with
   h(x) = [f_theta(x) > 1/2]; n0 noisy votes pick a class, n more estimate its probability, whose one-sided
@@ -84,7 +85,7 @@ def check_points(points: Tensor, aabb: Tensor, source: str) -> None:
     if outside.any():
         first = int(outside.nonzero()[0])
         raise InputError(
-            f"{source}: {int(outside.sum())} of {len(points)} query points lie outside the scene box "
+            f"{source}: {int(outside.sum())} of {len(points)} query points lie outside the grids' box "
             f"{aabb[0].tolist()}..{aabb[1].tolist()}, where the grid has no data (first: row {first}, "
             f"{points[first].tolist()})"
         )
@@ -192,7 +193,7 @@ def load_points(path: Path) -> Tensor:
 
 
 def generated_points(model, kind: Literal["band", "box"], count: int, seed: int) -> Tensor:
-    """``box``: uniform in the scene box. ``band``: uniform in the box, kept where |weak SDF| < 2 sigma."""
+    """``box``: uniform in the grids' box. ``band``: uniform in the box, kept where |weak SDF| < 2 sigma."""
     aabb = model.field.aabb.cpu()
     generator = torch.Generator().manual_seed(seed)
     if kind == "box":
@@ -220,7 +221,7 @@ class CertifyConfig:
     points: Optional[Path] = None
     """Query points, N x 3, as .npy or .csv. If not given, --generate makes them."""
     generate: Literal["band", "box"] = "band"
-    """Without --points: 'band' = random points within 2 sigma of the surface, 'box' = random in the scene box."""
+    """Without --points: 'band' = random points within 2 sigma of the surface, 'box' = random in the grids' box."""
     num_points: int = 1000
     """How many points --generate makes."""
     monte_carlo: bool = False

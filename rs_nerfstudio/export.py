@@ -117,7 +117,7 @@ def extract_mesh(
             progress(index + 1, len(starts))
     if not crossed:
         raise InputError(
-            f"the weak SDF has no {level} crossing in the box: the scene is empty or full there (try --level or --bbox)"
+            f"the weak SDF has no {level} crossing in the box: the scene is empty or full there (try --level, or --bbox-min and --bbox-max)"
         )
     return weld(np.concatenate(vertices), np.concatenate(faces), lattice)
 
@@ -204,9 +204,9 @@ class ExportMesh(_RunCommand):
     level: float = 0.0
     """Iso-level of the weak SDF, in scene units (0: the surface; > 0 inflates it, < 0 erodes it)."""
     bbox_min: Optional[Tuple[float, float, float]] = None
-    """Lower corner of the meshed box (default: the scene box)."""
+    """Lower corner of the meshed box (default: the grids' box, fitted to the matter while training)."""
     bbox_max: Optional[Tuple[float, float, float]] = None
-    """Upper corner of the meshed box (default: the scene box)."""
+    """Upper corner of the meshed box (default: the grids' box, fitted to the matter while training)."""
     block_size: int = 128
     """Cells per block side: memory per block ~ block_size^3 nodes."""
     format: Literal["ply", "obj"] = "ply"
@@ -340,7 +340,7 @@ class ExportSlices(_RunCommand):
         low, high = box_of(model, None, None)
         centre = (low + high) / 2 + np.asarray(self.offset)
         if not ((centre >= low) & (centre <= high)).all():
-            raise InputError(f"--offset {self.offset} moves the planes outside the scene box")
+            raise InputError(f"--offset {self.offset} moves the planes outside the grids' box")
         sigma = model.field.sigma
         sdf_fn = run_sdf_function(model)
         for normal, name, path in planes:

@@ -96,13 +96,27 @@ def test_rs_export_from_a_run(trained_run: Path, tmp_path: Path) -> None:
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
+    from rs_nerfstudio.runs import load_model
+
+    model, _ = load_model(trained_run)
     mesh = trimesh.load(out / "mesh.ply", process=False)
     assert len(mesh.faces) > 100 and mesh.visual.vertex_colors.shape[0] == len(mesh.vertices)
+    with torch.no_grad():  # the vertices lie on the weak SDF's zero level, to within a fraction of the lattice step
+        on_surface = model.field.weak_sdf(torch.from_numpy(np.asarray(mesh.vertices)).float()).abs()
+    assert float(on_surface.max()) < 0.3 * float((model.field.aabb[1] - model.field.aabb[0]).max()) / 47
     data = np.load(out / "weak_sdf.npz")
     # 24 nodes along the longest side of the grids' box (fitted to the matter, so no longer a cube)
     assert max(data["sdf"].shape) == 24 and min(data["sdf"].shape) > 8
     assert str(data["sign_convention"]) == "positive outside"
     assert float(data["sigma"]) == pytest.approx(0.0625)
+    # The layout it states: sdf[i, j, k] at origin + (i, j, k) * voxel_size, checked at every node.
+    shape = data["sdf"].shape
+    nodes = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), axis=-1).reshape(-1, 3)
+    points = torch.from_numpy(data["origin"] + nodes * data["voxel_size"]).float()
+    with torch.no_grad():
+        expected = model.field.weak_sdf(points).reshape(shape).numpy()
+    np.testing.assert_allclose(data["sdf"], expected, atol=1e-5)
+    assert (data["sdf"] < 0).any() and (data["sdf"] > 0).any()
     assert {p.name for p in out.glob("slice_*.png")} == {"slice_xy.png", "slice_xz.png", "slice_yz.png"}
     # An existing file is not overwritten without --overwrite, and nothing partial is left.
     result = subprocess.run(

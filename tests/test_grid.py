@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import psutil
 import pytest
 import torch
 import torch.nn.functional as F
@@ -154,9 +157,31 @@ def test_nearest_voxel_index_and_inside() -> None:
     assert flat[:2].tolist() == [0, 2 + 3] and inside.tolist() == [True, True, False]
 
 
-def test_memory_estimate_grows_with_voxels() -> None:
-    assert grids.training_memory_bytes(128**3) == 128**3 * 4 * grids.TRAINING_COPIES
-    assert grids.available_memory_bytes("cpu") > 0
+def test_the_memory_estimate_covers_what_a_training_step_keeps() -> None:
+    """After a step of rs-sdf's optimizers, each grid's parameter, gradient and optimizer state are alive: the
+    estimate for the grid's voxels and channels must cover them (the step's transient copies come on top)."""
+    from nerfstudio.data.scene_box import SceneBox
+    from nerfstudio.engine.optimizers import Optimizers
+
+    from rs_nerfstudio.config import rs_sdf_trainer_config
+    from rs_nerfstudio.model import RSSDFModelConfig
+
+    model = RSSDFModelConfig(grid_resolution=24, appearance_resolution=12).setup(
+        scene_box=SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3])), num_train_data=1
+    )
+    config = rs_sdf_trainer_config()
+    config.resolve_decay_steps()
+    optimizers = Optimizers(config.optimizers, model.get_param_groups())
+    field = model.field
+    (field.smoothed_occupancy_grid().sum() + field.features.sum()).backward()
+    optimizers.optimizer_step_all()
+    for group, grid in (("geometry", field.base_logits), ("appearance", field.features)):
+        state = optimizers.optimizers[group].state[grid]
+        kept = [grid, grid.grad, *(value for value in state.values() if value.numel() == grid.numel())]
+        assert len(kept) == 4  # the parameter, its gradient, Adam's two moments
+        voxels, channels = math.prod(grid.shape[:3]), (grid.shape[3] if grid.dim() == 4 else 1)
+        assert grids.training_memory_bytes(voxels, channels) >= sum(t.numel() * t.element_size() for t in kept)
+    assert 0 < grids.available_memory_bytes("cpu") <= psutil.virtual_memory().total
 
 
 def hollow_cube(size: int = 12, wall: int = 2) -> torch.Tensor:

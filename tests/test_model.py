@@ -346,6 +346,14 @@ def load_as_nerfstudio_does(model, state: dict) -> None:
     Holder().load_state_dict({f"_model.{name}": value for name, value in state.items()})
 
 
+def test_the_steepness_rises_geometrically_over_its_warm_up() -> None:
+    model = small_model(initial_steepness=20.0, steepness=80.0, steepness_warmup_steps=100)
+    expected = {0: 20.0, 50: 40.0, 100: 80.0, 5000: 80.0}  # halfway: the geometric mean
+    assert {step: model.steepness_at(step) for step in expected} == pytest.approx(expected)
+    model.update_to_step(50)
+    assert model.field.steepness == pytest.approx(40.0)
+
+
 def test_checkpoints_keep_the_training_clock() -> None:
     """A run resumed under a time budget goes on with its decay; a checkpoint from before the clock starts it at 0."""
     saved = small_model(train_time_budget=600.0)
