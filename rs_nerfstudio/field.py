@@ -191,6 +191,14 @@ class RSSDFField(Field):
             return 0.5
         return level_threshold(self.render_level, self.active_sigma)
 
+    @property
+    def active_steepness(self) -> float:
+        """alpha, scaled for the viewer's iso-level so that G leaves empty space (f_hat = 0) and solid matter (f_hat =
+        1) as empty and as solid as at the zero level: at the level +1.5 sigma (f_hat = 0.067) alpha itself would
+        give empty space G = sigmoid(-30 * 0.067) = 0.12, a fog."""
+        threshold = self.active_threshold
+        return self.steepness * 0.5 / min(threshold, 1.0 - threshold)
+
     def sigma_voxels(self, sigma: Optional[float] = None) -> Tuple[float, float, float]:
         """sigma in voxels along (D, H, W) = (z, y, x)."""
         sigma = self.active_sigma if sigma is None else sigma
@@ -265,7 +273,7 @@ class RSSDFField(Field):
 
     def occupancy_from_smoothed(self, smoothed: Tensor) -> Tensor:
         """G = sigmoid(alpha (f_hat - threshold)), threshold 1/2 but for the viewer's iso-level."""
-        return occupancy(smoothed, self.steepness, self.active_threshold)
+        return occupancy(smoothed, self.active_steepness, self.active_threshold)
 
     def density_from_smoothed(self, smoothed: Tensor) -> Tensor:
         """Volume density from f_hat, through G."""
