@@ -385,6 +385,28 @@ def test_the_viewers_sliders_move_the_rendered_surface_outside_training_only() -
     assert model.field.active_steepness == model.field.steepness
 
 
+def test_the_geometry_penalties_take_their_weights_and_apply_only_in_training() -> None:
+    """A base grid that steps from 0 to 1 across one plane of x: its total variation (the mean squared difference
+    between neighbours, summed over the axes) is 1 / (W - 1); mean f (1 - f) is 1/4 where f is 1/2 everywhere."""
+    model = small_model(tv_weight=2.0, confidence_weight=3.0, fit_box_at_step=0)
+    depth, height, width = model.field.grid_shape
+    outputs = {"rgb": torch.full((4, 3), 0.5), "accumulation": torch.ones(4, 1)}
+    batch = {"image": torch.full((4, 3), 0.25)}
+    with torch.no_grad():
+        model.field.base_logits.fill_(-30.0)
+        model.field.base_logits[..., width // 2 :] = 30.0
+    model.train()
+    losses = model.get_loss_dict(outputs, batch)
+    assert float(losses["rgb_loss"]) == pytest.approx(0.0625)
+    assert float(losses["tv_loss"]) == pytest.approx(2.0 / (width - 1), rel=1e-5)
+    assert float(losses["confidence_loss"]) == pytest.approx(0.0, abs=1e-9)
+    with torch.no_grad():
+        model.field.base_logits.zero_()
+    assert float(model.get_loss_dict(outputs, batch)["confidence_loss"]) == pytest.approx(3.0 * 0.25)
+    model.eval()
+    assert set(model.get_loss_dict(outputs, batch)) == {"rgb_loss"}
+
+
 def test_the_steepness_rises_geometrically_over_its_warm_up() -> None:
     model = small_model(initial_steepness=20.0, steepness=80.0, steepness_warmup_steps=100)
     expected = {0: 20.0, 50: 40.0, 100: 80.0, 5000: 80.0}  # halfway: the geometric mean
