@@ -85,6 +85,35 @@ def test_the_grid_radius_of_a_half_space_field_is_its_distance() -> None:
     assert float((radius - (x - 0.1))[band].abs().max()) < 0.04 * field.sigma  # 0.032 sigma measured
 
 
+def test_the_base_classifier_is_empty_outside_the_box_and_points_come_from_inside_it() -> None:
+    """Monte Carlo's noisy points leave the box: the base classifier reads 0 there (empty space), not the border
+    voxels' value. Generated query points lie in the box, and those of the band within 2 sigma of the surface."""
+    from types import SimpleNamespace
+
+    from rs_nerfstudio import grid as grids
+    from rs_nerfstudio.certify import base_occupancy_function, generated_points
+    from rs_nerfstudio.field import RSSDFField
+
+    box = torch.tensor([[-1.0, -0.5, 0.0], [1.0, 0.5, 2.0]])
+    field = RSSDFField(aabb=box, resolution=32, sigma=0.1, appearance_resolution=4)
+    with torch.no_grad():  # matter everywhere but a ball of empty space around the box's centre
+        radius = (grids.grid_coords_of_nodes(box, field.grid_shape) - box.mean(0)).norm(dim=-1)
+        field.base_logits.copy_(torch.where(radius < 0.3, -9.0, 9.0))
+    model = SimpleNamespace(field=field)
+    base = base_occupancy_function(model)
+    inside = torch.tensor([[0.9, 0.4, 1.9], [-0.9, -0.4, 0.1]])
+    outside = torch.tensor([[1.1, 0.0, 1.0], [0.0, -0.6, 1.0], [0.0, 0.0, -0.1], [0.0, 0.0, 2.2]])
+    assert (base(inside) > 0.999).all() and (base(outside) == 0).all()
+    for kind in ("box", "band"):
+        points = generated_points(model, kind, 500, seed=0)
+        assert points.shape == (500, 3) and ((points >= box[0]) & (points <= box[1])).all()
+    # The band's lie near a surface: the ball's, or the box's faces (f_theta is 0 beyond them).
+    to_ball = ((points - box.mean(0)).norm(dim=-1) - 0.3).abs()
+    to_faces = torch.minimum(points - box[0], box[1] - points).amin(dim=-1)
+    assert torch.minimum(to_ball, to_faces).max() < 2 * field.sigma + field.voxel_length
+    assert (to_ball < 2 * field.sigma).sum() > 20
+
+
 def test_abstains_on_the_surface() -> None:
     result = certify_monte_carlo(half_space, torch.tensor([[0.1, 0.0, 0.0]]), 0.2, n0=100, n=1000, alpha=0.001)
     assert result.abstain.all() and np.isnan(result.radius).all()
