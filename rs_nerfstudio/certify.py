@@ -104,7 +104,9 @@ class MonteCarloResult:
     radius: np.ndarray
     """Signed certified radius (positive outside); NaN where abstaining."""
     abstain: np.ndarray
+    """True where the smoothed classifier abstains (its lower bound is not above 1/2)."""
     seconds: float
+    """Wall-clock time of the certification."""
 
 
 @torch.no_grad()

@@ -28,3 +28,4 @@ class CheckedBlenderDataParserConfig(BlenderDataParserConfig):
     """nerfstudio's Blender dataparser config, for :class:`CheckedBlender`."""
 
     _target: Type = field(default_factory=lambda: CheckedBlender)
+    """The dataparser class this config builds."""

@@ -34,8 +34,11 @@ class Lattice:
     """Nodes ``origin + index * spacing`` for index in ``[0, counts)`` along x, y, z."""
 
     origin: np.ndarray
+    """xyz of node (0, 0, 0)."""
     spacing: float
+    """Distance between neighbouring nodes, the same on every axis."""
     counts: Tuple[int, int, int]
+    """Nodes along x, y, z."""
 
     @staticmethod
     def over_box(box_min, box_max, resolution: int) -> "Lattice":

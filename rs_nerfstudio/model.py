@@ -37,6 +37,7 @@ class RSSDFModelConfig(ModelConfig):
     """rs-sdf: a voxel occupancy classifier, randomized smoothing as its SDF, volume-rendered."""
 
     _target: Type = field(default_factory=lambda: RSSDFModel)
+    """The model class this config builds."""
     enable_collider: bool = False
     """Unused: rays are clipped to the scene box, where the grid lives."""
     grid_resolution: int = 128

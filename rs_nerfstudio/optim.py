@@ -32,6 +32,7 @@ class ExponentialDecaySchedulerConfig(SchedulerConfig):
     """Linear warm-up to the optimizer's learning rate, then exponential decay to `lr_final`."""
 
     _target: Type = field(default_factory=lambda: ExponentialDecayScheduler)
+    """The scheduler class this config builds."""
     lr_final: Optional[float] = None
     """Learning rate at `max_steps` (None: no decay)."""
     warmup_steps: int = 0

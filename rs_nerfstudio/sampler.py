@@ -43,6 +43,7 @@ class RayVisibility:
     """
 
     seen_through: Bool[Tensor, "D H W"]
+    """Voxels some ray left with more than half of its light (SEEN_THROUGH_TRANSMITTANCE)."""
     behind_matter: Optional[Bool[Tensor, "D H W"]] = None
     """None when only what rays saw through is wanted (the "sealed" fill rule): one index write per batch less."""
     batches: int = 0

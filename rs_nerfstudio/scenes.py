@@ -96,7 +96,9 @@ class Shape:
     """An analytic shape: exact signed distance (positive outside) and a view-independent albedo at world points."""
 
     sdf: SDF
+    """Exact signed distance at world points, positive outside."""
     albedo: Albedo = stripes
+    """Base colour at world points (the scene generator shades it)."""
 
 
 SHAPES: Dict[str, Shape] = {
