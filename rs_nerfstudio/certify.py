@@ -177,19 +177,29 @@ def base_occupancy_function(model) -> BaseOccupancy:
 
 # ----- query points -----------------------------------------------------------------------------------------------
 def load_points(path: Path) -> Tensor:
-    """An N x 3 array from .npy or .csv (comma- or whitespace-separated, optional header)."""
+    """An N x 3 array from .npy, or from text: .csv (comma-separated) or .txt (whitespace), with an optional header."""
+    import warnings
+
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"--points {path} is a folder; name a .npy, .csv or .txt file")
     if not path.is_file():
         raise InputError(f"query points not found: {path}")
+    if path.suffix not in (".npy", ".csv", ".txt"):
+        raise InputError(f"query points {path}: give them as .npy, .csv or .txt")
     try:
         if path.suffix == ".npy":
             array = np.load(path)
         else:
-            array = np.genfromtxt(path, delimiter="," if path.suffix == ".csv" else None, skip_header=0)
-            if array.ndim == 2 and np.isnan(array[0]).all():
+            with warnings.catch_warnings():  # numpy warns of an empty file; check_points names it
+                warnings.simplefilter("ignore")
+                array = np.atleast_2d(np.genfromtxt(path, delimiter="," if path.suffix == ".csv" else None))
+            if array.size and np.isnan(array[0]).all():
                 array = array[1:]  # a header row
+        if np.iscomplexobj(array):
+            raise TypeError("complex numbers are not coordinates")
         array = np.atleast_2d(np.asarray(array, dtype=np.float32))
-    except (OSError, ValueError, TypeError) as error:
+    except (OSError, ValueError, TypeError, EOFError) as error:
         raise InputError(f"unreadable query points {path}: {one_line(error)}") from None
     return torch.from_numpy(array)
 
@@ -254,6 +264,11 @@ class CertifyConfig:
 
         if self.points is None and self.num_points < 1:
             raise InputError(f"--num-points must be at least 1, got {self.num_points}")
+        if not 0 <= self.seed < 2**63:
+            raise InputError(f"--seed must be in [0, 2^63), got {self.seed}")
+        if self.output.is_dir():
+            example = self.output / "certify"
+            raise InputError(f"--output {self.output} is a folder; give the report's name, e.g. {example}")
         if self.monte_carlo:
             check_sample_sizes(self.n0, self.n, self.alpha, self.mode)
         json_path, npz_path = self.report_paths()
@@ -318,7 +333,9 @@ def agreement(grid: np.ndarray, result: MonteCarloResult, sigma: float, n: int, 
 
 def entrypoint() -> None:
     """Command-line entry point."""
-    tyro.cli(CertifyConfig).main()
+    from rs_nerfstudio.cli import run_command
+
+    run_command("rs-certify", tyro.cli(CertifyConfig).main, "--num-points or --n")
 
 
 if __name__ == "__main__":

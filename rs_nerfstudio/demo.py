@@ -8,6 +8,7 @@ Everything runs through nerfstudio's own training loop and evaluation, exactly a
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +38,10 @@ def run_demo(config: DemoConfig) -> dict:
     from rs_nerfstudio.config import rs_sdf_trainer_config
     from rs_nerfstudio.scenes import SceneError, make_scene
 
-    if not config.train_seconds > 0:
-        raise InputError(f"--train-seconds must be positive, got {config.train_seconds}")
+    if not 0 < config.train_seconds < float("inf"):
+        raise InputError(f"--train-seconds must be a positive number of seconds, got {config.train_seconds}")
+    if config.output_dir.exists() and not config.output_dir.is_dir():
+        raise InputError(f"--output-dir {config.output_dir} is a file, not a folder")
     scene_dir = config.output_dir / "scene"
     if not (scene_dir / "scene.json").is_file():
         try:
@@ -105,6 +108,8 @@ def check_reused_scene(scene_dir: Path, config: DemoConfig) -> None:
         made = json.loads((scene_dir / "scene.json").read_text(encoding="utf8"))
     except (OSError, ValueError) as error:
         raise InputError(f"unreadable {scene_dir / 'scene.json'}: {error}") from None
+    if not isinstance(made, dict):
+        raise InputError(f"{scene_dir / 'scene.json'} is not a scene's description from rs-scene")
     asked = {"shape": config.shape, "image_size": config.image_size}
     if any(made.get(key) != value for key, value in asked.items()):
         raise InputError(
@@ -128,12 +133,15 @@ def print_summary(config_path: Path, metrics: dict) -> None:
     print()
     print(f"rs-demo: test PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} after {metrics['step']} steps")
     print(f"rs-demo: the run is in {config_path.parent}")
-    print(f"rs-demo: open it in the viewer with: ns-viewer --load-config {config_path}")
+    print(f"rs-demo: open it in the viewer with: ns-viewer --load-config {shlex.quote(str(config_path))}")
 
 
 def entrypoint() -> None:
     """Command-line entry point."""
-    run_demo(tyro.cli(DemoConfig))
+    from rs_nerfstudio.cli import run_command
+
+    config = tyro.cli(DemoConfig)
+    run_command("rs-demo", lambda: run_demo(config), "--image-size")
 
 
 if __name__ == "__main__":

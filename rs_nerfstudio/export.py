@@ -27,6 +27,8 @@ SDFFunction = Callable[[torch.Tensor], torch.Tensor]
 BYTES_PER_TRIANGLE = 400
 """Peak bytes per output triangle while meshing, welding and writing (measured with trimesh; generous)."""
 MAX_RESOLUTION = 1024
+MAX_SLICE_PIXELS = 8192
+"""Longest side of a slice image (a 8192² slice holds 67 M pixels)."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,8 @@ def extract_mesh(
             progress(index + 1, len(starts))
     if not crossed:
         raise InputError(
-            f"the weak SDF has no {level} crossing in the box: the scene is empty or full there (try --level, or --bbox-min and --bbox-max)"
+            f"the weak SDF has no {level} crossing in the box: the scene is empty or full there (try --level, or "
+            "--bbox-min and --bbox-max)"
         )
     return weld(np.concatenate(vertices), np.concatenate(faces), lattice)
 
@@ -226,6 +229,11 @@ class ExportMesh(_RunCommand):
             raise InputError(f"--block-size must be at least 1, got {self.block_size}")
         if self.keep_components < 0:
             raise InputError(f"--keep-components must be 0 (keep all) or more, got {self.keep_components}")
+        if not math.isfinite(self.level):
+            raise InputError(f"--level must be finite, got {self.level}")
+        for flag, corner in (("--bbox-min", self.bbox_min), ("--bbox-max", self.bbox_max)):
+            if corner is not None and not all(map(math.isfinite, corner)):
+                raise InputError(f"{flag} {tuple(corner)} must be finite")
         if self.target_faces is not None and self.target_faces < 4:
             raise InputError(f"--target-faces must be at least 4, got {self.target_faces}")
         if self.target_faces is not None and importlib.util.find_spec("pymeshlab") is None:  # before the meshing
@@ -333,8 +341,8 @@ class ExportSlices(_RunCommand):
     """Pixels along each image's longer side."""
 
     def main(self) -> Path:
-        if self.resolution < 2:
-            raise InputError(f"--resolution must be at least 2, got {self.resolution}")
+        if not 2 <= self.resolution <= MAX_SLICE_PIXELS:
+            raise InputError(f"--resolution must be between 2 and {MAX_SLICE_PIXELS}, got {self.resolution}")
         planes = [(normal, name, self.output_dir / f"slice_{name}.png") for normal, name in PLANES]
         check_outputs([path for _, _, path in planes], self.overwrite)
         from rs_nerfstudio.runs import load_model
@@ -403,7 +411,9 @@ Commands = Union[
 
 def entrypoint() -> None:
     """Command-line entry point."""
-    tyro.cli(Commands).main()  # type: ignore[union-attr]
+    from rs_nerfstudio.cli import run_command
+
+    run_command("rs-export", tyro.cli(Commands).main, "--resolution")  # type: ignore[union-attr]
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ def load_mesh(path: Path):
     import trimesh
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; name a mesh file (.ply, .obj, ...)")
     if not path.is_file():
         raise InputError(f"mesh not found: {path}")
     try:
@@ -35,6 +37,10 @@ def load_mesh(path: Path):
         raise InputError(f"unreadable mesh {path}: {type(error).__name__}: {error}") from None
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise InputError(f"{path} holds no triangles")
+    if not np.isfinite(mesh.vertices).all():
+        raise InputError(f"{path} has vertices with NaN or infinite coordinates")
+    if not mesh.area > 0:
+        raise InputError(f"{path} has no surface: its triangles all have zero area")
     return mesh
 
 
@@ -131,7 +137,12 @@ class GeometryConfig:
     def main(self) -> Dict[str, float]:
         if self.num_points < 1:
             raise InputError(f"--num-points must be at least 1, got {self.num_points}")
+        if not 0 <= self.seed < 2**63:
+            raise InputError(f"--seed must be in [0, 2^63), got {self.seed}")
         check_outputs([self.output], self.overwrite)
+        for flag, source in (("--mesh", self.mesh), ("--gt-mesh", self.gt_mesh), ("--load-config", self.load_config)):
+            if source is not None and self.output.absolute() == Path(source).absolute():
+                raise InputError(f"--output {self.output} is the {flag} file; name another")
         predicted, ground_truth = load_mesh(self.mesh), load_mesh(self.gt_mesh)
         model = None
         if self.load_config is not None:  # opened, and the ground truth checked, before the mesh metrics
@@ -153,7 +164,9 @@ class GeometryConfig:
 
 def entrypoint() -> None:
     """Command-line entry point."""
-    tyro.cli(GeometryConfig).main()
+    from rs_nerfstudio.cli import run_command
+
+    run_command("rs-eval-geometry", tyro.cli(GeometryConfig).main, "--num-points")
 
 
 if __name__ == "__main__":

@@ -8,24 +8,34 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Iterable
+from typing import Callable, Dict, Iterable, Optional
 
 from rs_nerfstudio.validation import InputError
 
 
 def check_outputs(paths: Iterable[Path], overwrite: bool) -> None:
     """One line of error, before any work is done, for an output that is a folder, that exists (unless
-    ``overwrite``), or whose folder cannot be made because a file stands in its way."""
+    ``overwrite``), or whose folder cannot be made or written to."""
     for path in map(Path, paths):
         if path.is_dir():
             raise InputError(f"{path} is a folder; name a file to write")
         if path.exists() and not overwrite:
             raise InputError(f"{path} exists; pass --overwrite to replace it")
-        ancestor = path.parent
-        while not ancestor.exists() and ancestor != ancestor.parent:
-            ancestor = ancestor.parent
-        if ancestor.exists() and not ancestor.is_dir():
-            raise InputError(f"cannot write {path}: {ancestor} is a file, not a folder")
+        reason = unwritable_reason(path)
+        if reason:
+            raise InputError(reason)
+
+
+def unwritable_reason(path: Path) -> Optional[str]:
+    """Why ``path`` cannot be created (its nearest existing folder is a file, or not writable), or None."""
+    ancestor = Path(path).absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"cannot write {path}: {ancestor} is a file, not a folder"
+    if not os.access(ancestor, os.W_OK | os.X_OK):  # also false on a read-only file system
+        return f"cannot write {path}: the folder {ancestor} is not writable"
+    return None
 
 
 def write_atomically(path: Path, write: Callable[[Path], None], overwrite: bool) -> None:

@@ -26,8 +26,16 @@ def load_model(config_path: Path) -> Tuple["RSSDFModel", int]:
         config = yaml.load(config_path.read_text(encoding="utf8"), Loader=yaml.Loader)
     except (yaml.YAMLError, ImportError, AttributeError, ValueError) as error:  # ValueError: not UTF-8 text
         raise InputError(f"unreadable run config {config_path}: {one_line(error)}") from None
-    if getattr(config, "method_name", None) != "rs-sdf":
-        raise InputError(f"{config_path} is a '{getattr(config, 'method_name', '?')}' run, not an rs-sdf run")
+    if not hasattr(config, "method_name"):
+        raise InputError(f"{config_path} is not a run config that ns-train wrote")
+    if config.method_name != "rs-sdf":
+        raise InputError(f"{config_path} is a '{config.method_name}' run, not an rs-sdf run")
+    from rs_nerfstudio.validation import check_settings
+
+    try:
+        check_settings(config)  # a hand-edited config (sigma 0 would export a weak SDF of 0 everywhere)
+    except InputError as error:
+        raise InputError(f"{config_path}: {error.message}") from None
     # Beside the config, where ns-train put them: the config's own output_dir is relative to where ns-train ran.
     checkpoint_dir = config_path.parent / config.relative_model_dir
     checkpoints = sorted(checkpoint_dir.glob("step-*.ckpt"))
@@ -44,8 +52,12 @@ def one_line(error: BaseException) -> str:
 
 def read_model_state(checkpoint: Path) -> Tuple[Dict[str, "Tensor"], int]:
     """An rs-sdf checkpoint's model state (keys as the model names them) and step; one line for anything else."""
+    import zipfile
+
     import torch
 
+    if not zipfile.is_zipfile(checkpoint):  # torch's own errors for these speak of mmap and serialization flags
+        raise InputError(f"unreadable checkpoint {checkpoint}: not a torch checkpoint (empty, truncated or damaged)")
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
         pipeline_state, step = state["pipeline"], int(state["step"])

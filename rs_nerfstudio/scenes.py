@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -293,10 +294,13 @@ def make_scene(
 
     The scene is written into a hidden sibling folder and renamed into place at the end, so a failure leaves nothing
     behind. An existing non-empty folder is refused (:class:`FileExistsError`) unless ``overwrite``, and even then
-    unless it holds nothing but what rs-scene writes (see `SCENE_ENTRIES`): the whole folder is replaced.
+    unless it holds nothing but what rs-scene writes (see :func:`foreign_entries`): the whole folder is replaced.
+    A symbolic link is followed: the folder it points to is written, and the link kept.
     """
+    from rs_nerfstudio.outputs import unwritable_reason
+
     output_dir = Path(output_dir)
-    target = output_dir.absolute()
+    target = output_dir.resolve()
     solid = get_shape(shape)
     for name, value, least in (
         ("image_size", image_size, 1),
@@ -314,11 +318,14 @@ def make_scene(
         raise FileExistsError(f"{output_dir} exists and is not a folder")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty; choose another folder or pass --overwrite")
-    foreign = sorted(set(path.name for path in target.iterdir()) - SCENE_ENTRIES) if target.is_dir() else []
+    foreign = foreign_entries(target) if target.is_dir() else []
     if foreign:  # and overwrite: the whole folder would go, with what the user keeps there
         listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise FileExistsError(f"{output_dir} holds {listed}, which rs-scene did not write; --overwrite replaces a "
                               "scene's folder only")
+    reason = unwritable_reason(target)  # its folder, where the scene is staged
+    if reason:
+        raise SceneError(reason)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.partial"
@@ -344,6 +351,22 @@ def make_scene(
         raise
     publish(staging, target)
     return output_dir
+
+
+def foreign_entries(folder: Path) -> List[str]:
+    """What ``folder`` holds that rs-scene does not write (a scene's files, and ``r_<i>.png`` in its splits' folders),
+    as paths relative to it: what ``--overwrite`` would delete of the user's."""
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name not in SCENE_ENTRIES or entry.is_symlink() or entry.is_dir() != (entry.name in SPLITS):
+            foreign.append(entry.name)
+        elif entry.is_dir():
+            foreign += [
+                f"{entry.name}/{image.name}"
+                for image in sorted(entry.iterdir())
+                if not (re.fullmatch(r"r_\d+\.png", image.name) and image.is_file() and not image.is_symlink())
+            ]
+    return foreign
 
 
 def publish(staging: Path, target: Path) -> None:
@@ -407,14 +430,22 @@ class SceneConfig:
 
 def entrypoint() -> None:
     """Command-line entry point: bad input ends in one line of error and exit status 1, not a traceback."""
+    import shlex
+
+    from rs_nerfstudio.cli import run_command
+
     config = tyro.cli(SceneConfig)
-    try:
-        path = make_scene(**asdict(config))
-    except (SceneError, OSError) as error:
-        raise SystemExit(f"rs-scene: error: {error}") from None
-    views = f"{config.num_train} train / {config.num_val} val / {config.num_test} test views"
-    print(f"rs-scene: wrote '{config.shape}' ({views}, {config.image_size} px) to {path}; "
-          f"train on it with: ns-train rs-sdf --data {path}")  # fmt: skip
+
+    def work() -> None:
+        try:
+            path = make_scene(**asdict(config))
+        except (SceneError, OSError) as error:
+            raise SystemExit(f"rs-scene: error: {error}") from None
+        views = f"{config.num_train} train / {config.num_val} val / {config.num_test} test views"
+        print(f"rs-scene: wrote '{config.shape}' ({views}, {config.image_size} px) to {path}; "
+              f"train on it with: ns-train rs-sdf --data {shlex.quote(str(path))}")  # fmt: skip
+
+    run_command("rs-scene", work, "--image-size, --num-train/val/test, --mesh-resolution or --sdf-resolution")
 
 
 if __name__ == "__main__":

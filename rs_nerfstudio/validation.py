@@ -204,7 +204,7 @@ def check_settings(config: "TrainerConfig") -> None:
         scales[f"{prefix}train-time-budget"] = model.train_time_budget
     for flag, value in scales.items():
         if not (math.isfinite(value) and value > 0):
-            raise InputError(f"{flag} must be positive, got {value}")
+            raise InputError(f"{flag} must be a positive number, got {value}")
     if not 0.0 <= model.freeze_geometry_at <= 1.0:
         raise InputError(f"{prefix}freeze-geometry-at is a share of training, in [0, 1], got {model.freeze_geometry_at}")
     if not 0.0 < model.initial_occupancy < 1.0:  # a probability whose logit starts the grid

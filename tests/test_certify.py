@@ -136,6 +136,19 @@ def test_bad_points(tmp_path) -> None:
         load_points(words)
     with pytest.raises(InputError, match="no query points"):
         check_points(torch.zeros(0, 3), box, "empty.npy")
+    with pytest.raises(InputError, match="is a folder; name a .npy, .csv or .txt file"):
+        load_points(tmp_path)
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(InputError, match="unreadable query points .*empty.npy"):
+        load_points(tmp_path / "empty.npy")
+    (tmp_path / "points.npz").write_bytes(b"PK")
+    with pytest.raises(InputError, match="give them as .npy, .csv or .txt"):
+        load_points(tmp_path / "points.npz")
+    (tmp_path / "header.csv").write_text("x,y,z\n")
+    assert load_points(tmp_path / "header.csv").shape == (0, 3)  # check_points: "no query points"
+    np.save(tmp_path / "complex.npy", np.ones((2, 3), dtype=np.complex64))
+    with pytest.raises(InputError, match="complex numbers are not coordinates"):
+        load_points(tmp_path / "complex.npy")
 
 
 def test_report_files_are_named_and_never_replaced_unasked(tmp_path: Path) -> None:
@@ -150,6 +163,10 @@ def test_report_files_are_named_and_never_replaced_unasked(tmp_path: Path) -> No
         CertifyConfig(absent, output=tmp_path / "lego_sigma0.5").main()
     with pytest.raises(InputError, match="--num-points"):
         CertifyConfig(absent, output=tmp_path / "other", num_points=0).main()
+    with pytest.raises(InputError, match=r"--seed must be in \[0, 2\^63\)"):
+        CertifyConfig(absent, output=tmp_path / "other", seed=2**64).main()
+    with pytest.raises(InputError, match="is a folder; give the report's name"):
+        CertifyConfig(absent, output=tmp_path).main()
 
 
 def test_rs_certify_on_a_trained_run(trained_run: Path, tmp_path: Path) -> None:

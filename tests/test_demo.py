@@ -21,9 +21,21 @@ def test_a_reused_scene_must_be_the_one_asked_for(tiny_scene: Path) -> None:
 def test_bad_flags_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="--train-seconds"):
         run_demo(DemoConfig(output_dir=tmp_path, train_seconds=-5))
+    with pytest.raises(InputError, match="--train-seconds must be a positive number of seconds, got inf"):
+        run_demo(DemoConfig(output_dir=tmp_path, train_seconds=float("inf")))
     with pytest.raises(InputError, match="foo"):
         run_demo(DemoConfig(output_dir=tmp_path, shape="foo"))
     assert not (tmp_path / "scene").exists()
+
+
+def test_a_file_or_a_foreign_scene_json_in_the_way_is_named(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("mine")
+    with pytest.raises(InputError, match="--output-dir .*a-file is a file, not a folder"):
+        run_demo(DemoConfig(output_dir=tmp_path / "a-file"))
+    (tmp_path / "demo" / "scene").mkdir(parents=True)
+    (tmp_path / "demo" / "scene" / "scene.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="scene.json is not a scene's description from rs-scene"):
+        run_demo(DemoConfig(output_dir=tmp_path / "demo"))
 
 
 def test_a_folder_in_the_way_of_the_scene_is_left_alone(tmp_path: Path) -> None:

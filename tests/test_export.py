@@ -77,6 +77,20 @@ def test_no_zero_crossing_is_refused() -> None:
         extract_mesh(lambda p: p.norm(dim=-1) + 1.0, lattice)
 
 
+def test_keep_components_keeps_the_largest(tmp_path: Path) -> None:
+    """A big sphere, a small one and a speck: --keep-components 2 keeps the two spheres, 0 keeps all three."""
+    parts = [trimesh.creation.icosphere(subdivisions=s, radius=r) for s, r in ((3, 1.0), (2, 0.3), (1, 0.05))]
+    for part, x in zip(parts, (0.0, 2.0, -2.0)):
+        part.apply_translation((x, 0.0, 0.0))
+    whole = trimesh.util.concatenate(parts)
+    absent = tmp_path / "no-run" / "config.yml"
+    kept = ExportMesh(absent, keep_components=2)._postprocess(whole.vertices, whole.faces)
+    assert len(kept.faces) == len(parts[0].faces) + len(parts[1].faces)
+    assert kept.bounds[0][0] == pytest.approx(-1.0, abs=1e-6)  # the speck at x = -2 is gone
+    everything = ExportMesh(absent, keep_components=0)._postprocess(whole.vertices, whole.faces)
+    assert len(everything.faces) == len(whole.faces)
+
+
 def test_the_lattice_evaluated_in_slabs_equals_one_block() -> None:
     sdf = get_shape("torus").sdf
     lattice = Lattice.over_box((-1.5, -1.0, -0.5), (1.5, 1.0, 0.5), 40)
@@ -152,8 +166,16 @@ def test_a_copied_run_reads_its_own_checkpoint(trained_run: Path, tmp_path: Path
     assert step == 59
     checkpoints = sorted((copy / "nerfstudio_models").glob("step-*.ckpt"))
     checkpoints[-1].write_bytes(checkpoints[-1].read_bytes()[:5000])  # cut short
-    with pytest.raises(InputError, match=f"unreadable checkpoint .*{checkpoints[-1].name}"):
+    with pytest.raises(InputError, match=f"unreadable checkpoint .*{checkpoints[-1].name}: not a torch checkpoint"):
         load_model(copy / "config.yml")
+    config_text = (copy / "config.yml").read_text()
+    (copy / "config.yml").write_text(config_text.replace("sigma: 0.0625", "sigma: .nan"))  # a hand-edited run
+    with pytest.raises(InputError, match="config.yml: --pipeline.model.sigma must be a positive number, got nan"):
+        load_model(copy / "config.yml")
+    (copy / "config.yml").write_text("[1, 2]")
+    with pytest.raises(InputError, match="is not a run config that ns-train wrote"):
+        load_model(copy / "config.yml")
+    (copy / "config.yml").write_text(config_text)
     for checkpoint in checkpoints:
         checkpoint.unlink()
     with pytest.raises(InputError, match="no checkpoint in .*copy"):  # the original run's are not read instead
@@ -171,6 +193,9 @@ def test_bad_numbers_and_existing_outputs_are_refused_before_the_run_is_read(tmp
         (ExportMesh(absent, target_faces=0), "--target-faces"),
         (ExportSdf(absent, resolution=1), "--resolution"),
         (ExportSlices(absent, resolution=0), "--resolution"),
+        (ExportSlices(absent, resolution=100_000), "--resolution must be between 2 and 8192"),
+        (ExportMesh(absent, level=float("nan")), "--level must be finite"),
+        (ExportMesh(absent, bbox_max=(float("inf"),) * 3), "--bbox-max .* must be finite"),
     ):
         with pytest.raises(InputError, match=flag):
             command_.main()

@@ -104,3 +104,23 @@ def test_existing_output_and_bad_numbers_are_refused(tmp_path: Path) -> None:
     assert mesh.read_text() == "a user's mesh"
     with pytest.raises(InputError, match="--num-points"):
         GeometryConfig(mesh=mesh, gt_mesh=mesh, output=tmp_path / "out.json", num_points=0).main()
+    with pytest.raises(InputError, match=r"--seed must be in \[0, 2\^63\), got -1"):
+        GeometryConfig(mesh=mesh, gt_mesh=mesh, output=tmp_path / "out.json", seed=-1).main()
+    with pytest.raises(InputError, match="--output .*mine.ply is the --gt-mesh file"):
+        GeometryConfig(mesh=tmp_path / "other.ply", gt_mesh=mesh, output=mesh, overwrite=True).main()
+    assert mesh.read_text() == "a user's mesh"
+    with pytest.raises(InputError, match="is a folder; name a mesh file"):
+        GeometryConfig(mesh=tmp_path, gt_mesh=mesh, output=tmp_path / "out.json").main()
+
+
+def test_meshes_without_a_usable_surface_are_refused(tmp_path: Path, unit_sphere) -> None:
+    import numpy as np
+
+    vertices = np.array(unit_sphere.vertices)
+    vertices[0] = np.nan
+    trimesh.Trimesh(vertices, unit_sphere.faces, process=False).export(tmp_path / "nan.ply")
+    with pytest.raises(InputError, match="nan.ply has vertices with NaN"):
+        load_mesh(tmp_path / "nan.ply")
+    trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [2, 0, 0]], [[0, 1, 2]], process=False).export(tmp_path / "flat.ply")
+    with pytest.raises(InputError, match="flat.ply has no surface"):
+        load_mesh(tmp_path / "flat.ply")

@@ -255,6 +255,27 @@ def test_existing_folder_is_not_overwritten(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["mine"], "a staging folder was left behind"
 
 
+def test_overwrite_keeps_what_the_user_put_among_a_scenes_files(tmp_path: Path) -> None:
+    """--overwrite replaces the folder whole, so it looks inside the splits' folders too."""
+    target = tmp_path / "mine"
+    scenes.make_scene(target, **TINY)
+    (target / "train" / "notes.txt").write_text("keep me")
+    (target / "test" / "r_0.png.bak").write_bytes(b"an old view")
+    with pytest.raises(FileExistsError, match=r"holds test/r_0.png.bak, train/notes.txt, which rs-scene did not write"):
+        scenes.make_scene(target, overwrite=True, **TINY)
+    assert (target / "train" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_link_to_a_scene_is_followed_and_kept(tmp_path: Path) -> None:
+    real, link = tmp_path / "real", tmp_path / "link"
+    scenes.make_scene(real, **TINY)
+    link.symlink_to(real)
+    first = (real / "transforms_train.json").read_text()
+    scenes.make_scene(link, overwrite=True, **{**TINY, "seed": 1})
+    assert link.is_symlink() and (real / "transforms_train.json").read_text() != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
 def test_a_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*_) -> None:
         raise RuntimeError("disk full")
@@ -272,17 +293,20 @@ def test_a_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.Mon
         (["--image-size", "0"], "--image-size must be at least 1, got 0"),
         (["--num-val", "-1"], "--num-val must be at least 1, got -1"),
         (["--seed", "99999999999999999999"], "--seed must be in [0, 2^63)"),
+        (["--output-dir", "{tmp}/a-file/scene"], "a-file is a file, not a folder"),
     ],
 )
 def test_cli_refuses_bad_input_in_one_line(
     arguments: list, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    (tmp_path / "a-file").write_text("mine")
+    arguments = [argument.replace("{tmp}", str(tmp_path)) for argument in arguments]
     monkeypatch.setattr(sys, "argv", ["rs-scene", "--output-dir", str(tmp_path / "scene"), *arguments])
     with pytest.raises(SystemExit) as exit_info:
         scenes.entrypoint()
     text = str(exit_info.value.code)
     assert text.startswith("rs-scene: error: ") and message in text and "\n" not in text
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
 
 
 def test_cli_makes_a_scene(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
