@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -255,3 +256,45 @@ def test_ns_train_reports_one_line_and_writes_nothing(scene_copy: Path, tmp_path
     assert last.startswith("error: image named in the transforms is missing") and "r_0.png" in last
     assert "method_name" not in result.stdout  # refused before nerfstudio prints the config
     assert not output.exists()
+
+
+def nerfstudio_capture(scene: Path, folder: Path) -> Path:
+    """The generated scene's training views as a nerfstudio-data capture (one transforms.json, intrinsics in pixels)."""
+    import math
+
+    meta = json.loads((scene / "transforms_train.json").read_text(encoding="utf8"))
+    (folder / "images").mkdir(parents=True)
+    frames = []
+    for index, frame in enumerate(meta["frames"]):
+        shutil.copy(scene / f"{frame['file_path']}.png", folder / "images" / f"{index}.png")
+        frames.append({"file_path": f"images/{index}.png", "transform_matrix": frame["transform_matrix"]})
+    from PIL import Image
+
+    width, height = Image.open(folder / "images" / "0.png").size
+    focal = 0.5 * width / math.tan(0.5 * meta["camera_angle_x"])
+    capture = {"fl_x": focal, "fl_y": focal, "cx": width / 2, "cy": height / 2, "w": width, "h": height,
+               "camera_model": "OPENCV", "frames": frames}  # fmt: skip
+    (folder / "transforms.json").write_text(json.dumps(capture), encoding="utf8")
+    return folder
+
+
+def test_a_nerfstudio_capture_is_checked_by_its_own_dataparser(scene_copy: Path, tmp_path: Path) -> None:
+    """Other dataparsers than Blender's: nerfstudio parses the capture, then its images and poses are checked."""
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    capture = nerfstudio_capture(scene_copy, tmp_path / "capture")
+    config = config_for(capture)
+    config.pipeline.datamanager.dataparser = NerfstudioDataParserConfig()
+    check_training_inputs(config)  # a good capture passes
+
+    (capture / "images" / "3.png").write_bytes(b"not a png")
+    assert error_of(config).startswith(f"error: unreadable image {capture / 'images' / '3.png'}")
+    (capture / "images" / "3.png").unlink()
+    assert error_of(config) == f"error: image named in the transforms is missing: {capture / 'images' / '3.png'}"
+    shutil.copy(capture / "images" / "2.png", capture / "images" / "3.png")
+    meta = json.loads((capture / "transforms.json").read_text(encoding="utf8"))
+    meta["frames"][1]["transform_matrix"][0][3] = float("nan")
+    (capture / "transforms.json").write_text(json.dumps(meta), encoding="utf8")
+    assert error_of(config) == f"error: camera poses in {capture} have NaN or infinite values"
+    (capture / "transforms.json").write_text("{", encoding="utf8")
+    assert error_of(config).startswith(f"error: cannot read the dataset at {capture}: JSONDecodeError")
