@@ -407,6 +407,29 @@ def test_the_geometry_penalties_take_their_weights_and_apply_only_in_training() 
     assert set(model.get_loss_dict(outputs, batch)) == {"rgb_loss"}
 
 
+def test_the_box_is_fitted_at_its_step_retried_while_there_is_no_matter_and_fitted_once() -> None:
+    from types import SimpleNamespace
+
+    from nerfstudio.engine.callbacks import TrainingCallbackAttributes
+
+    model = small_model(coarse_scale=0.5, fit_box_at_step=10, mask_refresh_steps=4, fill_every=0)
+    optimizers = default_optimizers(model)
+    trainer = SimpleNamespace(config=SimpleNamespace(max_num_iterations=100))
+    attributes = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=None, trainer=trainer)
+    callbacks = model.get_training_callbacks(attributes)
+    centres = grids.grid_coords_of_nodes(model.field.aabb, model.field.grid_shape)
+    fitted_at = None
+    for step in range(30):
+        if step == 16:  # matter appears only now: the fits at steps 10 and 14 found none
+            with torch.no_grad():
+                model.field.base_logits.copy_(torch.where(centres.norm(dim=-1) < 0.6, 8.0, -8.0))
+        run_one_step(callbacks, step)
+        if model.box_fitted and fitted_at is None:
+            fitted_at, box = step, model.field.aabb.clone()
+    assert fitted_at == 18  # the next retry after the matter appeared
+    assert torch.equal(model.field.aabb, box) and max(model.field.grid_shape) == 32  # once, at full resolution
+
+
 def test_the_steepness_rises_geometrically_over_its_warm_up() -> None:
     model = small_model(initial_steepness=20.0, steepness=80.0, steepness_warmup_steps=100)
     expected = {0: 20.0, 50: 40.0, 100: 80.0, 5000: 80.0}  # halfway: the geometric mean
