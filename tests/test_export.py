@@ -118,6 +118,10 @@ def test_rs_export_from_a_run(trained_run: Path, tmp_path: Path) -> None:
     with torch.no_grad():  # the vertices lie on the weak SDF's zero level, to within a fraction of the lattice step
         on_surface = model.field.weak_sdf(torch.from_numpy(np.asarray(mesh.vertices)).float()).abs()
     assert float(on_surface.max()) < 0.3 * float((model.field.aabb[1] - model.field.aabb[0]).max()) / 47
+    from rs_nerfstudio.export import BYTES_PER_TRIANGLE, estimate_mesh_bytes, surface_cells
+
+    estimate = estimate_mesh_bytes(surface_cells(model), max(model.field.grid_shape), 48)
+    assert estimate / BYTES_PER_TRIANGLE >= len(mesh.faces)  # the memory check counts at least the triangles made
     data = np.load(out / "weak_sdf.npz")
     # 24 nodes along the longest side of the grids' box (fitted to the matter, so no longer a cube)
     assert max(data["sdf"].shape) == 24 and min(data["sdf"].shape) > 8
@@ -154,6 +158,16 @@ def test_run_without_checkpoint_is_refused(trained_run: Path, tmp_path: Path) ->
         load_model(moved)
     with pytest.raises(InputError, match="no run config"):
         load_model(tmp_path / "missing.yml")
+
+
+def test_a_mesh_that_would_not_fit_in_memory_is_refused_before_meshing(trained_run: Path, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    import rs_nerfstudio.grid
+
+    monkeypatch.setattr(rs_nerfstudio.grid, "available_memory_bytes", lambda device: 1000)
+    with pytest.raises(InputError, match="--resolution 64 would need ~.* GiB for the mesh, 0.0 GiB is free; lower it"):
+        ExportMesh(trained_run, output_dir=tmp_path, resolution=64).main()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_copied_run_reads_its_own_checkpoint(trained_run: Path, tmp_path: Path, monkeypatch) -> None:
