@@ -85,7 +85,7 @@ def configure(args: argparse.Namespace):
     from rs_nerfstudio.config import rs_sdf_trainer_config
 
     config = with_ns_train_flags(rs_sdf_trainer_config(), args.ns_train_args)
-    config.resolve_decay_steps()  # as ns-train does; the clock overrides them
+    config.resolve_defaults()  # as ns-train does; the clock overrides them
     config.pipeline.datamanager.data = args.data
     config.pipeline.model.train_time_budget = args.decay_seconds or args.seconds  # the model's clock: train()'s
     if args.freeze_geometry:

@@ -118,7 +118,7 @@ def configure(config, method: str, data: Path, output_dir: Path, rays_per_batch:
     never = 1 << 30
     config.steps_per_eval_batch = config.steps_per_eval_image = config.steps_per_eval_all_images = never
     config.steps_per_save = never
-    if config.max_num_iterations < never:  # the budget, not a step count, ends every run (rs-sdf stops at 5000)
+    if config.max_num_iterations is not None and config.max_num_iterations < never:  # the budget ends every run
         notes.append(f"max_num_iterations {config.max_num_iterations} -> no limit")
         config.max_num_iterations = never
     return notes

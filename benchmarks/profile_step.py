@@ -53,7 +53,7 @@ def main() -> None:
         pipeline.train()
     else:
         config = rs_sdf_trainer_config()
-        config.resolve_decay_steps()
+        config.resolve_defaults()
         config.pipeline.datamanager.data = args.data
         pipeline = config.pipeline.setup(device="cpu", test_mode="val")
         start_step = 0

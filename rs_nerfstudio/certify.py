@@ -177,23 +177,25 @@ def base_occupancy_function(model) -> BaseOccupancy:
 
 # ----- query points -----------------------------------------------------------------------------------------------
 def load_points(path: Path) -> Tensor:
-    """An N x 3 array from .npy, or from text: .csv (comma-separated) or .txt (whitespace), with an optional header."""
+    """An N x 3 array from .npy, or from text: comma-separated in .csv, whitespace-separated in any other file, with
+    an optional header row."""
     import warnings
 
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"--points {path} is a folder; name a .npy, .csv or .txt file")
+        raise InputError(f"--points {path} is a folder; name a .npy file or a text file of x y z rows")
     if not path.is_file():
         raise InputError(f"query points not found: {path}")
-    if path.suffix not in (".npy", ".csv", ".txt"):
-        raise InputError(f"query points {path}: give them as .npy, .csv or .txt")
+    suffix = path.suffix.lower()
     try:
-        if path.suffix == ".npy":
+        if suffix == ".npy":
             array = np.load(path)
+        elif suffix == ".npz":
+            raise TypeError("an .npz archive; save the N x 3 array alone with numpy.save (.npy) or as text")
         else:
             with warnings.catch_warnings():  # numpy warns of an empty file; check_points names it
                 warnings.simplefilter("ignore")
-                array = np.atleast_2d(np.genfromtxt(path, delimiter="," if path.suffix == ".csv" else None))
+                array = np.atleast_2d(np.genfromtxt(path, delimiter="," if suffix == ".csv" else None))
             if array.size and np.isnan(array[0]).all():
                 array = array[1:]  # a header row
         if np.iscomplexobj(array):
@@ -231,7 +233,8 @@ class CertifyConfig:
     load_config: Path
     """config.yml of an rs-sdf run."""
     points: Optional[Path] = None
-    """Query points, N x 3, as .npy or .csv. If not given, --generate makes them."""
+    """Query points, N x 3: .npy, or text (comma-separated in .csv, else whitespace-separated). If not given,
+    --generate makes them."""
     generate: Literal["band", "box"] = "band"
     """Without --points: 'band' = random points within 2 sigma of the surface, 'box' = random in the grids' box."""
     num_points: int = 1000

@@ -2,8 +2,9 @@
 
 Bad input is an :class:`~rs_nerfstudio.validation.InputError`, raised by the checks before the work. This module
 catches what the checks cannot foresee: Ctrl+C, running out of memory, and a file system that refuses a read or a
-write. Outputs are written whole or not at all (:func:`rs_nerfstudio.outputs.write_atomically`), so none of these
-leaves a half-written file.
+write. The files of rs-export, rs-eval-geometry, rs-certify and rs-scene are written whole or not at all
+(:func:`rs_nerfstudio.outputs.write_atomically`, rs-scene's staging folder), so none of these leaves one half-written;
+rs-demo's run folder holds nerfstudio's checkpoints, which nerfstudio writes.
 """
 
 from __future__ import annotations

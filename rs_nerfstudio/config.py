@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
@@ -16,8 +17,9 @@ from rs_nerfstudio import optim
 from rs_nerfstudio.optim import ExponentialDecaySchedulerConfig, FusedAdamOptimizerConfig
 
 DEFAULT_MAX_STEPS = 5000
+"""Training steps when neither `--max-num-iterations` nor a time budget is given."""
 BUDGET_MAX_STEPS = 1 << 30
-"""`--max-num-iterations` under a time budget that leaves it at its default: the clock ends the run, not 5000 steps."""
+"""The step limit under a time budget when `--max-num-iterations` is not given: the clock ends the run."""
 
 
 @dataclass
@@ -25,6 +27,10 @@ class RSSDFTrainerConfig(TrainerConfig):
     """nerfstudio's trainer config, which checks the inputs before the run folder is written. ns-train prints the
     config, then saves it: checking before the print puts a bad input's one line where it is seen, not under the
     config's ~200 lines."""
+
+    max_num_iterations: Optional[int] = None  # type: ignore[assignment]
+    """Training steps. None: 5000, or no limit under --pipeline.model.train-time-budget (the clock ends the run;
+    Lego 200 px trains past 5000 steps in 600 s on 2 CPU cores). Given with a budget, whichever ends first."""
 
     def print_to_terminal(self) -> None:
         from rs_nerfstudio.validation import check_training_inputs
@@ -45,20 +51,16 @@ class RSSDFTrainerConfig(TrainerConfig):
         return super().setup(**kwargs)
 
     def resolve_defaults(self) -> None:
-        """What the defaults leave open, settled before the config is printed, saved or set up: the step limit
-        under a time budget, then the decays' length."""
-        if self.pipeline.model.train_time_budget is not None and self.max_num_iterations == DEFAULT_MAX_STEPS:
-            # Lego 200 px trains ~7,500 steps in 600 s on 2 CPU cores: 5000 would stop it at ~400 s.
-            self.max_num_iterations = BUDGET_MAX_STEPS
-        self.resolve_decay_steps()
-
-    def resolve_decay_steps(self) -> None:
-        """Decays left at ``max_steps=None`` run over `--max-num-iterations`: before the config is printed, saved or
-        set up, and by scripts that build the optimizers from it themselves."""
+        """What the defaults leave open, settled before the config is printed, saved or set up, and by scripts that
+        build the optimizers from it themselves: the step limit, then the decays left at ``max_steps=None``, which
+        run over it."""
+        if self.max_num_iterations is None:
+            budget = self.pipeline.model.train_time_budget
+            self.max_num_iterations = DEFAULT_MAX_STEPS if budget is None else BUDGET_MAX_STEPS
         optim.resolve_decay_steps(self.optimizers, self.max_num_iterations)
 
 
-def rs_sdf_trainer_config(max_steps: int = DEFAULT_MAX_STEPS) -> RSSDFTrainerConfig:
+def rs_sdf_trainer_config(max_steps: Optional[int] = None) -> RSSDFTrainerConfig:
     """Defaults for Blender-synthetic scenes (white background, the [-1.5, 1.5]^3 box); CUDA if present, else CPU."""
     return RSSDFTrainerConfig(
         method_name="rs-sdf",

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from rs_nerfstudio import grid as grids
 from rs_nerfstudio.colour import ColourHeads
-from rs_nerfstudio.sdf import density_from_occupancy, level_threshold, occupancy, weak_sdf
+from rs_nerfstudio.sdf import DEFAULT_CLAMP, density_from_occupancy, level_threshold, occupancy, weak_sdf
 from rs_nerfstudio.smoothing import gaussian_blur_3d
 
 BOX_SIGMA_VOXELS = 0.5
@@ -195,9 +195,10 @@ class RSSDFField(Field):
     def active_steepness(self) -> float:
         """alpha, scaled for the viewer's iso-level so that G leaves empty space (f_hat = 0) and solid matter (f_hat =
         1) as empty and as solid as at the zero level: at the level +1.5 sigma (f_hat = 0.067) alpha itself would
-        give empty space G = sigmoid(-30 * 0.067) = 0.12, a fog."""
+        give empty space G = sigmoid(-30 * 0.067) = 0.12, a fog. Levels past the weak SDF's saturation (2.5 sigma)
+        are held there: their threshold rounds to 0 or 1."""
         threshold = self.active_threshold
-        return self.steepness * 0.5 / min(threshold, 1.0 - threshold)
+        return self.steepness * 0.5 / max(min(threshold, 1.0 - threshold), DEFAULT_CLAMP)
 
     def sigma_voxels(self, sigma: Optional[float] = None) -> Tuple[float, float, float]:
         """sigma in voxels along (D, H, W) = (z, y, x)."""

@@ -139,10 +139,12 @@ class GeometryConfig:
             raise InputError(f"--num-points must be at least 1, got {self.num_points}")
         if not 0 <= self.seed < 2**63:
             raise InputError(f"--seed must be in [0, 2^63), got {self.seed}")
-        check_outputs([self.output], self.overwrite)
         for flag, source in (("--mesh", self.mesh), ("--gt-mesh", self.gt_mesh), ("--load-config", self.load_config)):
-            if source is not None and self.output.absolute() == Path(source).absolute():
+            if source is not None and Path(source).is_dir():
+                source = Path(source) / "config.yml"  # a run's folder
+            if source is not None and self.output.resolve() == Path(source).resolve():
                 raise InputError(f"--output {self.output} is the {flag} file; name another")
+        check_outputs([self.output], self.overwrite)
         predicted, ground_truth = load_mesh(self.mesh), load_mesh(self.gt_mesh)
         model = None
         if self.load_config is not None:  # opened, and the ground truth checked, before the mesh metrics

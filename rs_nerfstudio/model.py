@@ -146,7 +146,7 @@ class RSSDFModelConfig(ModelConfig):
     train_time_budget: Optional[float] = None
     """Train for this many seconds (then stop and save a checkpoint), with the learning rates decaying over that time
     instead of over the trainer's steps. Only time inside training iterations counts. It lifts the default step
-    limit; a `--max-num-iterations` other than 5000 still stops the run first if it comes first. None: no limit."""
+    limit; a `--max-num-iterations` given still stops the run if it comes first. None: no limit."""
     freeze_geometry_at: float = 1.0
     """Share of training (of `train_time_budget`, else of the trainer's `--max-num-iterations`) after which the
     geometry grid stops learning and only colour trains: no blur backward, no geometry update and no fills, so each

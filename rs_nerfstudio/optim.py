@@ -39,7 +39,7 @@ class ExponentialDecaySchedulerConfig(SchedulerConfig):
     """Steps of linear warm-up from zero."""
     max_steps: Optional[int] = None
     """Step at which the decay reaches `lr_final`; constant after it. None: the trainer's `--max-num-iterations`,
-    filled in by rs-sdf's trainer config before training (`RSSDFTrainerConfig.resolve_decay_steps`)."""
+    filled in by rs-sdf's trainer config before training (`RSSDFTrainerConfig.resolve_defaults`)."""
 
 
 def resolve_decay_steps(optimizer_configs: Dict[str, Dict], max_num_iterations: int) -> None:

@@ -33,8 +33,11 @@ def unwritable_reason(path: Path) -> Optional[str]:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         return f"cannot write {path}: {ancestor} is a file, not a folder"
-    if not os.access(ancestor, os.W_OK | os.X_OK):  # also false on a read-only file system
-        return f"cannot write {path}: the folder {ancestor} is not writable"
+    try:  # a real file, not os.access: that asks about the real user id and may differ from a write on FUSE
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as error:
+        return f"cannot write {path}: the folder {ancestor} is not writable ({error.strerror})"
     return None
 
 

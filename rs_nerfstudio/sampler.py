@@ -329,6 +329,7 @@ class OccupancyGuidedSampler:
         aabb: Float[Tensor, "2 3"],
         voxel_length: float,
         density_fn: Callable[[Tensor], Tensor],
+        *,
         visibility: Optional[RayVisibility] = None,
     ) -> Tuple[PackedMarch, Float[Tensor, "P"], Float[Tensor, "R"]]:
         """The packed coarse march of each ray through the box, its bins' compositing weights and each ray's total
@@ -370,13 +371,14 @@ class OccupancyGuidedSampler:
         aabb: Float[Tensor, "2 3"],
         voxel_length: float,
         density_fn: Callable[[Tensor], Tensor],
+        *,
         training: bool = True,
         visibility: Optional[RayVisibility] = None,
     ) -> RaySamples:
         """Samples for each ray; ``density_fn`` maps smoothed occupancy to volume density; the coarse march is recorded
         in ``visibility`` when one is given."""
         march, weights, total = self.coarse_weights(
-            ray_bundle, smoothed_grid, mask, aabb, voxel_length, density_fn, visibility
+            ray_bundle, smoothed_grid, mask, aabb, voxel_length, density_fn, visibility=visibility
         )
         uniform = self.uniform_fraction if training else 0.0
         # Rays that see nothing fall back to uniform samples over their chord (a ray's bins are of equal length).

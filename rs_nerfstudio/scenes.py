@@ -300,7 +300,10 @@ def make_scene(
     from rs_nerfstudio.outputs import unwritable_reason
 
     output_dir = Path(output_dir)
-    target = output_dir.resolve()
+    try:
+        target = output_dir.resolve()
+    except RuntimeError:  # Python 3.11's Path.resolve on a loop of symbolic links
+        raise SceneError(f"{output_dir} is a loop of symbolic links") from None
     solid = get_shape(shape)
     for name, value, least in (
         ("image_size", image_size, 1),

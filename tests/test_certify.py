@@ -136,14 +136,16 @@ def test_bad_points(tmp_path) -> None:
         load_points(words)
     with pytest.raises(InputError, match="no query points"):
         check_points(torch.zeros(0, 3), box, "empty.npy")
-    with pytest.raises(InputError, match="is a folder; name a .npy, .csv or .txt file"):
+    with pytest.raises(InputError, match="is a folder; name a .npy file or a text file"):
         load_points(tmp_path)
     (tmp_path / "empty.npy").write_bytes(b"")
     with pytest.raises(InputError, match="unreadable query points .*empty.npy"):
         load_points(tmp_path / "empty.npy")
-    (tmp_path / "points.npz").write_bytes(b"PK")
-    with pytest.raises(InputError, match="give them as .npy, .csv or .txt"):
+    np.savez(tmp_path / "points.npz", points=np.zeros((2, 3)))
+    with pytest.raises(InputError, match="points.npz: an .npz archive"):
         load_points(tmp_path / "points.npz")
+    (tmp_path / "points.XYZ").write_text("0.1 0.2 0.3\n0.4 0.5 0.6\n")  # any other name: whitespace-separated text
+    assert load_points(tmp_path / "points.XYZ").shape == (2, 3)
     (tmp_path / "header.csv").write_text("x,y,z\n")
     assert load_points(tmp_path / "header.csv").shape == (0, 3)  # check_points: "no query points"
     np.save(tmp_path / "complex.npy", np.ones((2, 3), dtype=np.complex64))

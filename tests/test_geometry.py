@@ -100,14 +100,18 @@ def test_existing_output_and_bad_numbers_are_refused(tmp_path: Path) -> None:
     mesh = tmp_path / "mine.ply"
     mesh.write_text("a user's mesh")
     with pytest.raises(InputError, match="mine.ply exists; pass --overwrite"):
-        GeometryConfig(mesh=mesh, gt_mesh=mesh, output=mesh).main()
+        GeometryConfig(mesh=tmp_path / "a.ply", gt_mesh=tmp_path / "b.ply", output=mesh).main()
     assert mesh.read_text() == "a user's mesh"
     with pytest.raises(InputError, match="--num-points"):
         GeometryConfig(mesh=mesh, gt_mesh=mesh, output=tmp_path / "out.json", num_points=0).main()
     with pytest.raises(InputError, match=r"--seed must be in \[0, 2\^63\), got -1"):
         GeometryConfig(mesh=mesh, gt_mesh=mesh, output=tmp_path / "out.json", seed=-1).main()
     with pytest.raises(InputError, match="--output .*mine.ply is the --gt-mesh file"):
-        GeometryConfig(mesh=tmp_path / "other.ply", gt_mesh=mesh, output=mesh, overwrite=True).main()
+        GeometryConfig(mesh=tmp_path / "other.ply", gt_mesh=mesh, output=mesh).main()
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(InputError, match="is the --mesh file"):
+        GeometryConfig(mesh=mesh, gt_mesh=tmp_path / "gt.ply", output=tmp_path / "sub" / ".." / "mine.ply",
+                       overwrite=True).main()  # fmt: skip
     assert mesh.read_text() == "a user's mesh"
     with pytest.raises(InputError, match="is a folder; name a mesh file"):
         GeometryConfig(mesh=tmp_path, gt_mesh=mesh, output=tmp_path / "out.json").main()

@@ -170,7 +170,7 @@ def test_the_memory_estimate_covers_what_a_training_step_keeps() -> None:
         scene_box=SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3])), num_train_data=1
     )
     config = rs_sdf_trainer_config()
-    config.resolve_decay_steps()
+    config.resolve_defaults()
     optimizers = Optimizers(config.optimizers, model.get_param_groups())
     field = model.field
     (field.smoothed_occupancy_grid().sum() + field.features.sum()).backward()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ def small_model(**overrides):
 def default_optimizers(model) -> Optimizers:
     """rs-sdf's optimizers and schedules, as ns-train makes them."""
     config = rs_sdf_trainer_config()
-    config.resolve_decay_steps()
+    config.resolve_defaults()
     return Optimizers(config.optimizers, model.get_param_groups())
 
 
@@ -379,6 +380,8 @@ def test_the_viewers_sliders_move_the_rendered_surface_outside_training_only() -
         assert model.field.active_sigma == pytest.approx(sigma_scale * sigma)
     assert depths[:8] == sorted(depths[:8], reverse=True) and depths[8:] == sorted(depths[8:], reverse=True)
     assert render()[0] == pytest.approx(depths[3])  # back at 0: nothing kept from the other levels
+    for level in (-2.5, 2.5):  # 10 render sigmas: past saturation, the threshold rounds to 1 or 0
+        assert math.isfinite(render(level, sigma_scale=0.25)[0])
     render(level=1.0, sigma_scale=2.0)
     model.train()
     assert model.field.active_sigma == sigma and model.field.active_threshold == 0.5

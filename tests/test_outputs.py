@@ -25,6 +25,20 @@ def test_existing_files_folders_and_files_in_the_way_are_refused(tmp_path: Path)
     check_outputs([tmp_path / "new" / "folders" / "out.json"], overwrite=False)  # folders to make are fine
 
 
+def test_a_folder_that_refuses_files_is_named_before_any_work(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from rs_nerfstudio import outputs
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(outputs.tempfile, "TemporaryFile", read_only)
+    with pytest.raises(InputError, match=f"cannot write .*out.json: the folder {tmp_path} is not writable "
+                                         r"\(Read-only file system\)"):  # fmt: skip
+        check_outputs([tmp_path / "new" / "out.json"], overwrite=False)
+
+
 def test_written_whole_with_the_users_umask(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "out.txt"
     previous = os.umask(0o027)

@@ -20,7 +20,7 @@ def test_time_stages_times_every_stage_of_a_training_step_and_unwraps(tiny_scene
     from rs_nerfstudio.config import rs_sdf_trainer_config
 
     config = rs_sdf_trainer_config()
-    config.resolve_decay_steps()
+    config.resolve_defaults()
     config.pipeline.datamanager.data = tiny_scene
     config.pipeline.datamanager.train_num_rays_per_batch = 256
     pipeline = config.pipeline.setup(device="cpu", test_mode="val")

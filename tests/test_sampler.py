@@ -118,7 +118,7 @@ def test_visibility_sees_through_the_space_in_front_of_the_surface_only() -> Non
     visibility = RayVisibility.empty(smoothed.shape, torch.device("cpu"))
     mask = empty_space_mask(occupancy(smoothed, 40.0), 1e-3)
     sampler = OccupancyGuidedSampler(num_samples=8, clip=False)  # the whole chord (see the next test for clip)
-    sampler.coarse_weights(bundle, smoothed, mask, BOX, voxel, density, visibility)
+    sampler.coarse_weights(bundle, smoothed, mask, BOX, voxel, density, visibility=visibility)
     assert visibility.batches == 1
     reached = torch.zeros_like(visibility.hidden)
     reached[:, :-1, :] = True  # (z, y, x): no ray ran down the last row of y
@@ -127,7 +127,7 @@ def test_visibility_sees_through_the_space_in_front_of_the_surface_only() -> Non
     assert torch.equal(visibility.seen_through, reached & upper)  # empty, and light went on
     assert torch.equal(visibility.hidden, reached & ~upper)  # the slab's first voxel stops it: the rest is hidden
     through_only = RayVisibility.empty(smoothed.shape, torch.device("cpu"), behind_matter=False)
-    sampler.coarse_weights(bundle, smoothed, mask, BOX, voxel, density, through_only)
+    sampler.coarse_weights(bundle, smoothed, mask, BOX, voxel, density, visibility=through_only)
     assert torch.equal(through_only.seen_through, visibility.seen_through) and through_only.behind_matter is None
 
 
@@ -223,7 +223,7 @@ def test_clipping_keeps_what_the_fills_need() -> None:
         for clip, behind_matter in ((False, False), (True, False), (False, True), (True, True)):
             visibility = RayVisibility.empty(solid.shape, torch.device("cpu"), behind_matter=behind_matter)
             sampler = OccupancyGuidedSampler(num_samples=8, clip=clip)
-            sampler.coarse_weights(bundle, solid, mask, BOX, voxel, density, visibility)
+            sampler.coarse_weights(bundle, solid, mask, BOX, voxel, density, visibility=visibility)
             records[clip, behind_matter] = visibility
         sealed = [enclosed_voxels(solid < 0.5, records[clip, False].seen_through) for clip in (False, True)]
         assert torch.equal(sealed[0], sealed[1])

@@ -274,6 +274,9 @@ def test_a_link_to_a_scene_is_followed_and_kept(tmp_path: Path) -> None:
     scenes.make_scene(link, overwrite=True, **{**TINY, "seed": 1})
     assert link.is_symlink() and (real / "transforms_train.json").read_text() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(scenes.SceneError, match="loop is a loop of symbolic links"):
+        scenes.make_scene(tmp_path / "loop", **TINY)
 
 
 def test_a_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
