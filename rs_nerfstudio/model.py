@@ -111,8 +111,9 @@ class RSSDFModelConfig(ModelConfig):
     fit_box_at_step: int = 100
     """At this training step the grids leave the scene box for the box around the matter found so far (f_hat > 1/2,
     grown by `fit_box_margin`), resampled at full resolution (see `coarse_scale`): smaller voxels than the full
-    resolution over the scene box, fewer of them, shorter marches (coarse-to-fine, as DirectVoxGO finds its box). Retried every `mask_refresh_steps` while there is no matter yet;
-    done once per run. 0: the grids keep the scene box."""
+    resolution over the scene box, fewer of them, shorter marches (coarse-to-fine, as DirectVoxGO finds its box).
+    Retried every `mask_refresh_steps` while there is no matter yet; done once per run. 0: the grids keep the scene
+    box."""
     coarse_scale: float = 0.5
     """Until the box is fitted, both grids run at this fraction of their resolutions over the whole scene box: a
     cheap coarse stage that finds where the matter is."""
