@@ -272,8 +272,7 @@ class CertifyConfig:
         if self.output.is_dir():
             example = self.output / "certify"
             raise InputError(f"--output {self.output} is a folder; give the report's name, e.g. {example}")
-        if self.monte_carlo:
-            check_sample_sizes(self.n0, self.n, self.alpha, self.mode)
+        check_sample_sizes(self.n0, self.n, self.alpha, self.mode)  # also without --monte-carlo: a typo is named
         json_path, npz_path = self.report_paths()
         check_outputs([json_path, npz_path], self.overwrite)
         given = load_points(self.points) if self.points is not None else None  # a bad file is named before the run

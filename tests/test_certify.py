@@ -169,6 +169,8 @@ def test_report_files_are_named_and_never_replaced_unasked(tmp_path: Path) -> No
         CertifyConfig(absent, output=tmp_path / "other", seed=2**64).main()
     with pytest.raises(InputError, match="is a folder; give the report's name"):
         CertifyConfig(absent, output=tmp_path).main()
+    with pytest.raises(InputError, match="--alpha must be in"):
+        CertifyConfig(absent, output=tmp_path / "other", alpha=5.0).main()  # even without --monte-carlo
 
 
 def test_rs_certify_on_a_trained_run(trained_run: Path, tmp_path: Path) -> None:
