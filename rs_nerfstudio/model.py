@@ -530,6 +530,18 @@ class RSSDFModel(Model):
             "occupancy": occupancy.amax(dim=1, keepdim=True),
         }
 
+    def get_rgba_image(self, outputs: Dict[str, Tensor], output_name: str = "rgb") -> Tensor:
+        """The colour before the background was composited, with the accumulation as alpha. nerfstudio's own gives
+        every pixel alpha 1 unless the background is random: `ns-export pointcloud` then kept the rays that miss the
+        scene, whose depth lies anywhere along them, and `ns-render`'s rgba output had no transparency."""
+        from nerfstudio.utils import colors
+
+        rgb = outputs[output_name]
+        alpha = outputs[output_name.replace("rgb", "accumulation")]
+        background = colors.COLORS_DICT[self.config.background_color].to(rgb)
+        colour = (rgb - (1.0 - alpha) * background) / alpha.clamp_min(1e-10)
+        return torch.cat((colour.clamp(0.0, 1.0), alpha), dim=-1)
+
     # ----- losses and metrics ----------------------------------------------------------------------------------
     def _target_rgb(self, batch: Dict[str, Tensor]) -> Tensor:
         return self.renderer_rgb.blend_background(batch["image"].to(self.device))

@@ -433,6 +433,20 @@ def test_the_box_is_fitted_at_its_step_retried_while_there_is_no_matter_and_fitt
     assert torch.equal(model.field.aabb, box) and max(model.field.grid_shape) == 32  # once, at full resolution
 
 
+def test_the_rgba_image_takes_the_background_out_and_the_accumulation_as_alpha() -> None:
+    """Composited again over the background, the colour and alpha give back the rendered pixel (what ns-render's rgba
+    output and ns-export's opacity filter read)."""
+    model = small_model()
+    alpha = torch.tensor([[0.0], [0.25], [1.0]])
+    colour = torch.tensor([[0.3, 0.6, 0.9], [0.2, 0.4, 0.8], [0.1, 0.5, 0.7]])
+    white = torch.ones(3)
+    outputs = {"rgb": colour * alpha + (1 - alpha) * white, "accumulation": alpha}
+    rgba = model.get_rgba_image(outputs)
+    torch.testing.assert_close(rgba[:, 3:], alpha)
+    torch.testing.assert_close(rgba[1:, :3], colour[1:])  # an empty pixel has no colour of its own
+    torch.testing.assert_close(rgba[:, :3] * alpha + (1 - alpha) * white, outputs["rgb"])
+
+
 def test_the_steepness_rises_geometrically_over_its_warm_up() -> None:
     model = small_model(initial_steepness=20.0, steepness=80.0, steepness_warmup_steps=100)
     expected = {0: 20.0, 50: 40.0, 100: 80.0, 5000: 80.0}  # halfway: the geometric mean
