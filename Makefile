@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	@# ns-render wants an ffmpeg on PATH, even for images; where the machine has none, use imageio-ffmpeg's build
 	command -v ffmpeg >/dev/null || ln -sf "$$($(VENV)/bin/python -c 'import imageio_ffmpeg as f; print(f.get_ffmpeg_exe())')" $(VENV)/bin/ffmpeg
 	@# ns-export imports open3d, which needs the system's libusb-1.0; where there is none, put libusb-package's beside it
-	$(VENV)/bin/python -c 'import open3d' 2>/dev/null || \
+	$(VENV)/bin/python -c 'import open3d' 2>/dev/null || ! $(VENV)/bin/python -c '$(LIBUSB)' >/dev/null 2>&1 || \
 	    ln -sf "$$($(VENV)/bin/python -c '$(LIBUSB)')" "$$($(VENV)/bin/python -c '$(OPEN3D_DIR)')/libusb-1.0.so.0"
 	touch $@
 
