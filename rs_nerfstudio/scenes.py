@@ -442,7 +442,7 @@ def entrypoint() -> None:
     def work() -> None:
         try:
             path = make_scene(**asdict(config))
-        except (SceneError, OSError) as error:
+        except SceneError as error:  # an OSError (a folder in the way, a full disk) is run_command's to report
             raise SystemExit(f"rs-scene: error: {error}") from None
         views = f"{config.num_train} train / {config.num_val} val / {config.num_test} test views"
         print(f"rs-scene: wrote '{config.shape}' ({views}, {config.image_size} px) to {path}; "
