@@ -31,6 +31,11 @@ from rs_nerfstudio.sampler import (
 )
 from rs_nerfstudio.sdf import weak_sdf
 
+MARCHING_CUBES_NEEDS_CUDA = (
+    "error: ns-export marching-cubes needs CUDA (nerfstudio's exporter puts its lattice on the GPU), and this machine "
+    "has none; `rs-export mesh --load-config RUN/config.yml --output-dir DIR` meshes the weak SDF on the CPU"
+)
+"""What ``ns-export marching-cubes`` says on a machine without CUDA (see ``RSSDFModelConfig.sdf_field``)."""
 
 @dataclass
 class RSSDFModelConfig(ModelConfig):
@@ -157,7 +162,11 @@ class RSSDFModelConfig(ModelConfig):
 
     @property
     def sdf_field(self) -> str:
-        """Marks an SDF model for ``ns-export marching-cubes``: the field's ``forward_geonetwork`` is the weak SDF."""
+        """Marks an SDF model for ``ns-export marching-cubes``: the field's ``forward_geonetwork`` is the weak SDF.
+        That exporter is all nerfstudio reads this for, and it puts its lattice on the GPU with ``.cuda()``: without
+        CUDA, the check ends the command with one line that names the CPU path, not the exporter's traceback."""
+        if not torch.cuda.is_available():
+            raise SystemExit(MARCHING_CUBES_NEEDS_CUDA)
         return "weak_sdf"
 
 

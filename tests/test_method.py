@@ -5,6 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from tests.conftest import command
 
 
@@ -18,8 +21,22 @@ def test_entry_point_gives_a_method_specification() -> None:
     methods, descriptions = discover_methods()
     assert "rs-sdf" in methods and "rs-sdf" in descriptions
     config = methods["rs-sdf"]
-    assert config.pipeline.model.sdf_field  # ns-export marching-cubes checks for it
     assert config.machine.device_type in ("cpu", "cuda")
+
+
+def test_sdf_field_marks_the_model_for_ns_export_where_cuda_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ns-export marching-cubes`` checks ``hasattr(config, "sdf_field")``, then calls ``.cuda()``: with CUDA the
+    mark is there; without, reading it ends the command with one line that names the CPU path."""
+    from rs_nerfstudio.model import MARCHING_CUBES_NEEDS_CUDA, RSSDFModelConfig
+
+    config = RSSDFModelConfig()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert hasattr(config, "sdf_field") and config.sdf_field == "weak_sdf"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exited:
+        hasattr(config, "sdf_field")
+    assert exited.value.code == MARCHING_CUBES_NEEDS_CUDA
+    assert "rs-export mesh" in MARCHING_CUBES_NEEDS_CUDA
 
 
 def test_ns_train_help_lists_builtin_methods_and_ours() -> None:
@@ -30,8 +47,6 @@ def test_ns_train_help_lists_builtin_methods_and_ours() -> None:
 
 
 def test_default_device_is_cpu_without_cuda() -> None:
-    import torch
-
     from rs_nerfstudio.config import rs_sdf_trainer_config
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
