@@ -44,7 +44,8 @@ class RSSDFModelConfig(ModelConfig):
     _target: Type = field(default_factory=lambda: RSSDFModel)
     """The model class this config builds."""
     enable_collider: bool = False
-    """Unused: rays are clipped to the scene box, where the grid lives."""
+    """Off: rays are clipped to the grids' box, where the grid lives. On, nerfstudio's near/far collider
+    (`--pipeline.model.collider-params near_plane N far_plane F`) cuts them to [N, F] as well."""
     grid_resolution: int = 128
     """Geometry voxels along the longest side of the grids' box (the fitted box, see `fit_box_at_step`)."""
     sigma: float = 0.019

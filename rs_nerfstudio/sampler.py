@@ -83,6 +83,19 @@ def intersect_aabb(
     return t_near, torch.maximum(t_far, t_near)
 
 
+def within_near_far(
+    t_near: Float[Tensor, "R"], t_far: Float[Tensor, "R"], ray_bundle: RayBundle
+) -> Tuple[Float[Tensor, "R"], Float[Tensor, "R"]]:
+    """The chords cut to the bundle's ``nears``/``fars`` where it has them: a near/far collider's
+    (``--pipeline.model.enable-collider``), or the viewer's crop box, whose rays nerfstudio makes with the box's entry
+    and exit as ``nears``/``fars``. A chord cut away entirely is empty (t_far == t_near)."""
+    if ray_bundle.nears is not None:
+        t_near = torch.maximum(t_near, ray_bundle.nears.reshape(-1).to(t_near))
+    if ray_bundle.fars is not None:
+        t_far = torch.minimum(t_far, ray_bundle.fars.reshape(-1).to(t_far))
+    return t_near, torch.maximum(t_far, t_near)
+
+
 def empty_space_mask(occupancy_grid: Float[Tensor, "D H W"], threshold: float) -> Bool[Tensor, "D H W"]:
     """Voxels that may hold matter: occupancy above ``threshold`` in the voxel or one of its 26 neighbours.
 
@@ -336,7 +349,7 @@ class OccupancyGuidedSampler:
         opacity (the sum of its weights); the march is recorded in ``visibility`` when one is given."""
         origins = ray_bundle.origins.reshape(-1, 3)
         directions = ray_bundle.directions.reshape(-1, 3)
-        t_near, t_far = intersect_aabb(origins, directions, aabb)
+        t_near, t_far = within_near_far(*intersect_aabb(origins, directions, aabb), ray_bundle)
         step = self.coarse_step * voxel_length
         span = None
         if self.clip and (visibility is None or visibility.behind_matter is None):

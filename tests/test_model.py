@@ -129,6 +129,33 @@ def model_with_ball(**overrides):
     return model
 
 
+def test_the_viewers_crop_box_and_a_near_far_collider_cut_what_is_rendered() -> None:
+    """The viewer's Crop Viewport renders with ``obb_box``, and ``--pipeline.model.enable-collider`` gives the rays a
+    near and far plane: both used to be ignored, and the ball rendered whole."""
+    from nerfstudio.cameras.cameras import Cameras
+    from nerfstudio.data.scene_box import OrientedBox
+
+    c2w = torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 4.0]])[None]  # at z = 4, looking down -z
+    camera = Cameras(camera_to_worlds=c2w, fx=20.0, fy=20.0, cx=8.0, cy=8.0, width=16, height=16)
+
+    def centre_and_total(model, **kwargs):
+        accumulation = model.get_outputs_for_camera(camera, **kwargs)["accumulation"][..., 0]
+        return float(accumulation[6:10, 6:10].min()), float(accumulation.sum())
+
+    model = model_with_ball().eval()
+    centre, total = centre_and_total(model)
+    assert centre > 0.95  # the ball, radius 0.6, fills the middle of the view
+    around_ball = OrientedBox(R=torch.eye(3), T=torch.zeros(3), S=torch.full((3,), 1.5))
+    # (shorter chords, so other bins: the same ball to within 1%)
+    assert centre_and_total(model, obb_box=around_ball) == pytest.approx((centre, total), rel=0.01)
+    off_ball = OrientedBox(R=torch.eye(3), T=torch.tensor([1.1, 1.1, 1.1]), S=torch.full((3,), 0.4))
+    assert centre_and_total(model, obb_box=off_ball)[1] < 1e-3
+    short = model_with_ball(enable_collider=True, collider_params={"near_plane": 0.1, "far_plane": 3.0}).eval()
+    assert centre_and_total(short)[1] < 1e-3  # the ball's surface lies at t = 3.4
+    long = model_with_ball(enable_collider=True, collider_params={"near_plane": 0.1, "far_plane": 6.0}).eval()
+    assert centre_and_total(long) == pytest.approx((centre, total), abs=1e-4)
+
+
 def test_training_reads_only_the_rays_whose_march_saw_matter() -> None:
     """A ball of radius 0.6 in empty space, rays down the z axis: those that pass far from it render background."""
     model = model_with_ball()

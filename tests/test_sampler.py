@@ -105,6 +105,32 @@ def test_samples_concentrate_at_the_surface() -> None:
     assert (z.abs() < 3 * voxel).float().mean() > 0.9, z[0]
 
 
+def test_samples_stay_within_the_rays_nears_and_fars() -> None:
+    """A near/far collider, or the viewer's crop box, gives the rays ``nears``/``fars``: the samples keep to them.
+    The slab of the test above lies at t = 3 along these rays; cut to [2.5, 2.9], they see only the space above it."""
+    resolution, voxel = 32, 2.0 / 32
+    centres = torch.linspace(-1 + voxel / 2, 1 - voxel / 2, resolution)
+    smoothed = (centres < 0).float()[:, None, None].expand(resolution, resolution, resolution).contiguous()
+    origins = torch.tensor([[0.1, -0.2, 3.0]]).expand(64, 3)
+    directions = torch.tensor([[0.0, 0.0, -1.0]]).expand(64, 3)
+    density = lambda f: density_from_occupancy(occupancy(f, 40.0), 1 / voxel)  # noqa: E731
+    sampler = OccupancyGuidedSampler(num_samples=16, uniform_fraction=0.0)
+    mask = empty_space_mask(occupancy(smoothed, 40.0), 1e-3)
+    for training in (False, True):
+        bundle = RayBundle(
+            origins=origins, directions=directions, pixel_area=torch.ones(64, 1),
+            nears=torch.full((64, 1), 2.5), fars=torch.full((64, 1), 2.9),
+        )  # fmt: skip
+        samples = sampler(bundle, smoothed, mask, BOX, voxel, density, training=training)
+        assert float(samples.frustums.starts.min()) >= 2.5 - 1e-6
+        assert float(samples.frustums.ends.max()) <= 2.9 + 1e-6
+        bundle.nears = torch.full((64, 1), 3.5)  # starts inside the slab; fars past the box's far side (t = 4)
+        bundle.fars = torch.full((64, 1), 10.0)
+        samples = sampler(bundle, smoothed, mask, BOX, voxel, density, training=training)
+        assert float(samples.frustums.starts.min()) >= 3.5 - 1e-6
+        assert float(samples.frustums.ends.max()) <= 4.0 + 1e-6
+
+
 def test_visibility_sees_through_the_space_in_front_of_the_surface_only() -> None:
     """Rays down the z axis onto the slab z < 0 of the box's lower half, one per column but for the last row."""
     resolution, voxel = 32, 2.0 / 32
