@@ -19,7 +19,7 @@ from rs_nerfstudio import grid as grids
 from rs_nerfstudio.cpu import keep_freed_memory_for_reuse
 from rs_nerfstudio.field import RSSDFField
 from rs_nerfstudio.metrics import lpips_if_available
-from rs_nerfstudio.optim import decay_learning_rates_to
+from rs_nerfstudio.optim import decay_by_progress
 from rs_nerfstudio.sampler import (
     COARSE_ACCUMULATION,
     NOTHING_SEEN,
@@ -345,6 +345,8 @@ class RSSDFModel(Model):
         """
         budget = float(self.config.train_time_budget)  # type: ignore[arg-type]
         this_run = {"steps": 0, "seconds": 0.0}  # iterations timed in this process, for the terminal's progress
+        if optimizers is not None:
+            decay_by_progress(lambda: self.train_seconds / budget, optimizers, trainer.config.optimizers)
 
         def start_iteration(step: int) -> None:
             self._iteration_started = time.perf_counter()
@@ -356,8 +358,6 @@ class RSSDFModel(Model):
                 this_run["steps"] += 1
                 this_run["seconds"] += elapsed
                 self._iteration_started = None
-            if optimizers is not None:  # after the schedulers' own step-based update, which this overrides
-                decay_learning_rates_to(self.train_seconds / budget, optimizers, trainer.config.optimizers)
             if self.train_seconds >= budget:
                 trainer.stop_training = True
             if this_run["seconds"] > 0:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Type
+from typing import Callable, Dict, Optional, Type
 
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import Scheduler, SchedulerConfig
@@ -95,3 +95,30 @@ def decay_learning_rates_to(progress: float, optimizers, optimizer_configs: Dict
         for group, lr_init in zip(optimizer.param_groups, scheduler.base_lrs):
             lr_final = lr_init if scheduler_config.lr_final is None else scheduler_config.lr_final
             group["lr"] = lr_init * exponential_decay_multiplier(progress, lr_init, lr_final, 0, 1)
+
+
+def decay_by_progress(progress: Callable[[], float], optimizers, optimizer_configs: Dict[str, Dict]) -> None:
+    """Make each exponential decay run over ``progress()``, a share in [0, 1] (of a time budget spent), instead of
+    ``max_steps`` steps, with no warm-up, from the schedulers' next step on. Groups whose scheduler is not an
+    :class:`ExponentialDecaySchedulerConfig` are left alone.
+
+    The schedulers compute the rates themselves, so what nerfstudio logs as ``learning_rate/NAME`` (each scheduler's
+    last rate) is the rate in use. Setting the groups' rates after the schedulers had stepped trained as well, but
+    left those curves flat at the initial rates. The multipliers are closures, which ``LambdaLR.state_dict`` leaves
+    out of checkpoints.
+    """
+
+    def multiplier(lr_init: float, lr_final: float) -> Callable[[int], float]:
+        return lambda _step: exponential_decay_multiplier(min(max(progress(), 0.0), 1.0), lr_init, lr_final, 0, 1)
+
+    for name in optimizers.optimizers:
+        scheduler_config = optimizer_configs.get(name, {}).get("scheduler")
+        scheduler = optimizers.schedulers.get(name)
+        if not isinstance(scheduler_config, ExponentialDecaySchedulerConfig) or not isinstance(
+            scheduler, lr_scheduler.LambdaLR
+        ):
+            continue
+        lr_final = scheduler_config.lr_final
+        scheduler.lr_lambdas = [
+            multiplier(lr_init, lr_init if lr_final is None else lr_final) for lr_init in scheduler.base_lrs
+        ]

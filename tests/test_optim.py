@@ -63,6 +63,37 @@ def test_time_budget_decay_sets_each_group_where_its_decay_is() -> None:
     assert optimizers.optimizers["grid"].param_groups[0]["lr"] == pytest.approx(0.001)
 
 
+def test_time_budget_decay_is_what_the_schedulers_step_to_and_log(tmp_path) -> None:
+    """Under a time budget the schedulers themselves follow the share of the budget spent, so nerfstudio's logged
+    `learning_rate/NAME` (each scheduler's last rate) is the rate in use; it used to stay at the initial rate while
+    the groups' rates were overwritten after each step. Checkpoints of such schedulers load with weights_only."""
+    from nerfstudio.engine.optimizers import Optimizers
+
+    from rs_nerfstudio.optim import decay_by_progress
+
+    grid, other = torch.nn.Parameter(torch.randn(4)), torch.nn.Parameter(torch.randn(4))
+    configs = {
+        "grid": {
+            "optimizer": FusedAdamOptimizerConfig(lr=0.1),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=0.001, max_steps=1 << 30),
+        },
+        "other": {"optimizer": FusedAdamOptimizerConfig(lr=0.5), "scheduler": None},
+    }
+    optimizers = Optimizers(configs, {"grid": [grid], "other": [other]})
+    spent = {"share": 0.0}
+    decay_by_progress(lambda: spent["share"], optimizers, configs)
+    scheduler = optimizers.schedulers["grid"]
+    for step, share in enumerate((0.25, 0.5, 1.0, 3.0)):
+        spent["share"] = share
+        optimizers.scheduler_step_all(step)
+        expected = 0.1 * 0.01 ** min(share, 1.0)  # halfway is 0.01, in log space; past the budget, the final rate
+        assert optimizers.optimizers["grid"].param_groups[0]["lr"] == pytest.approx(expected)
+        assert scheduler.get_last_lr()[0] == pytest.approx(expected)
+    assert optimizers.optimizers["other"].param_groups[0]["lr"] == 0.5
+    torch.save(scheduler.state_dict(), tmp_path / "scheduler.pt")
+    assert torch.load(tmp_path / "scheduler.pt", weights_only=True)["lr_lambdas"] == [None]
+
+
 def test_decays_left_open_run_over_the_trainers_steps_and_set_ones_are_kept() -> None:
     configs = {
         "open": {
