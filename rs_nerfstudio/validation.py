@@ -188,8 +188,13 @@ def check_settings(config: "TrainerConfig") -> None:
         f"{prefix}hidden-dim": (model.hidden_dim, 1),
         f"{prefix}num-samples": (model.num_samples, 1),
         f"{prefix}mask-refresh-steps": (model.mask_refresh_steps, 1),
+        f"{prefix}eval-num-rays-per-chunk": (model.eval_num_rays_per_chunk, 1),
         "--pipeline.datamanager.train-num-rays-per-batch": (config.pipeline.datamanager.train_num_rays_per_batch, 1),
+        "--pipeline.datamanager.eval-num-rays-per-batch": (config.pipeline.datamanager.eval_num_rays_per_batch, 1),
+        "--viewer.num-rays-per-chunk": (config.viewer.num_rays_per_chunk, 1),
     }
+    if config.max_num_iterations is not None:  # None: rs-sdf's default, settled later (RSSDFTrainerConfig)
+        counts["--max-num-iterations"] = (config.max_num_iterations, 1)
     for flag, (value, least) in counts.items():
         if value < least:
             raise InputError(f"{flag} must be at least {least}, got {value}")

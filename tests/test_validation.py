@@ -105,11 +105,21 @@ def test_settings_that_would_fail_or_mean_nothing(scene_copy: Path, setting: str
     assert message in check(scene_copy, **{setting: value})
 
 
-def test_rays_per_batch(scene_copy: Path) -> None:
+@pytest.mark.parametrize(
+    "owner, setting, flag",
+    [
+        ("datamanager", "train_num_rays_per_batch", "--pipeline.datamanager.train-num-rays-per-batch"),
+        ("datamanager", "eval_num_rays_per_batch", "--pipeline.datamanager.eval-num-rays-per-batch"),
+        ("model", "eval_num_rays_per_chunk", "--pipeline.model.eval-num-rays-per-chunk"),  # ns-eval: range() step 0
+        ("viewer", "num_rays_per_chunk", "--viewer.num-rays-per-chunk"),
+        ("trainer", "max_num_iterations", "--max-num-iterations"),  # 0: nerfstudio's writer raised KeyError 'step'
+    ],
+)
+def test_counts_outside_the_model(scene_copy: Path, owner: str, setting: str, flag: str) -> None:
     config = config_for(scene_copy)
-    config.pipeline.datamanager.train_num_rays_per_batch = 0
-    with pytest.raises(InputError, match="--pipeline.datamanager.train-num-rays-per-batch must be at least 1"):
-        check_training_inputs(config)
+    target = {"datamanager": config.pipeline.datamanager, "model": config.pipeline.model, "viewer": config.viewer}
+    setattr(target.get(owner, config), setting, 0)
+    assert error_of(config) == f"error: {flag} must be at least 1, got 0"
 
 
 def test_resume_from_a_folder_without_the_checkpoint(scene_copy: Path, tmp_path: Path) -> None:
