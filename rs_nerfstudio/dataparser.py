@@ -1,8 +1,9 @@
-"""nerfstudio's Blender dataparser with each split's files checked first.
+"""nerfstudio's Blender dataparser with each split's files checked first, and float32 intrinsics.
 
 ``ns-eval``, ``ns-viewer`` and ``ns-render`` parse the test split, which training never reads. nerfstudio's parser
 meets a missing ``transforms_test.json``, a moved data folder or a missing image with a traceback; this one stops
-with one line naming the file.
+with one line naming the file. nerfstudio's parser also makes the focal lengths float64 (numpy's ``tan``), on which
+``ns-render spiral`` fails ("expected scalar type Float but found Double").
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ class CheckedBlender(Blender):
 
     def _generate_dataparser_outputs(self, split: str = "train"):
         check_blender_folder(self.data, splits=(split,))
-        return super()._generate_dataparser_outputs(split)
+        outputs = super()._generate_dataparser_outputs(split)
+        cameras = outputs.cameras
+        for name in ("fx", "fy", "cx", "cy"):
+            setattr(cameras, name, getattr(cameras, name).float())
+        return outputs
 
 
 @dataclass

@@ -27,6 +27,20 @@ def test_parses_as_nerfstudio_does(tiny_scene: Path) -> None:
         theirs = BlenderDataParserConfig(data=tiny_scene).setup().get_dataparser_outputs(split=split)
         assert ours.image_filenames == theirs.image_filenames
         assert torch.equal(ours.cameras.camera_to_worlds, theirs.cameras.camera_to_worlds)
+        for name in ("fx", "fy", "cx", "cy"):  # theirs are float64 (numpy's tan); ours float32, the same values
+            assert getattr(ours.cameras, name).dtype == torch.float32
+            assert torch.allclose(getattr(ours.cameras, name).double(), getattr(theirs.cameras, name).double())
+
+
+def test_ns_render_spiral_works_on_a_blender_scene(tiny_scene: Path) -> None:
+    """``ns-render spiral`` makes its path with nerfstudio's ``get_spiral_path``, which failed on the float64
+    intrinsics of nerfstudio's Blender parser ("expected scalar type Float but found Double")."""
+    from nerfstudio.cameras.camera_paths import get_spiral_path
+
+    cameras = parse(tiny_scene, "test").cameras
+    path = get_spiral_path(cameras[0:1], steps=3, radius=0.1)
+    rays = path.generate_rays(camera_indices=2)
+    assert torch.isfinite(rays.directions).all()
 
 
 def test_names_a_missing_split_image_or_folder(scene_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
