@@ -38,7 +38,10 @@ def check_blender_folder(data: Path, splits: Iterable[str] = BLENDER_SPLITS_FOR_
     for split in splits:
         transforms = data / f"transforms_{split}.json"
         if not transforms.is_file():
-            raise InputError(f"missing transforms file: {transforms}")
+            hint = ""
+            if (data / "transforms.json").is_file():  # what ns-process-data writes
+                hint = f"; {data} holds a nerfstudio capture (transforms.json): end the command with nerfstudio-data"
+            raise InputError(f"missing transforms file: {transforms}{hint}")
         try:
             meta = json.loads(transforms.read_text(encoding="utf8"))
             frames = meta["frames"]
@@ -127,7 +130,21 @@ def check_generic_dataparser(config: "TrainerConfig") -> "Tensor":
     check_images(Path(name) for name in outputs.image_filenames)
     if not torch.isfinite(outputs.cameras.camera_to_worlds).all():
         raise InputError(f"camera poses in {data} have NaN or infinite values")
+    if outputs.mask_filenames and str(data) not in _NOTED_MASKS:
+        from nerfstudio.utils.rich_utils import CONSOLE
+
+        _NOTED_MASKS.add(str(data))  # the checks run twice, before the config is printed and before it is saved
+        CONSOLE.print(MASKED_CAPTURE_NOTE.format(data=data), markup=False, highlight=False)
     return outputs.scene_box.aabb
+
+
+MASKED_CAPTURE_NOTE = (
+    "rs-sdf: {data} has masks. nerfstudio trains on the pixels they keep only, so no ray tells rs-sdf that the "
+    "space around them is empty, and it fills the box there. To model an object alone, give its images an alpha "
+    "channel instead (transparent around it): rs-sdf composites them on white and learns that space empty."
+)
+"""Printed by ``ns-train rs-sdf`` for a capture with masks (README, "Real captures")."""
+_NOTED_MASKS: set = set()
 
 
 def check_grid_fits(config: "TrainerConfig") -> None:
@@ -247,6 +264,10 @@ def checkpoint_step(entry: Path, load_dir: Path) -> int:
     try:
         return int(name[name.find("-") + 1 : name.find(".")])
     except ValueError:
+        if (load_dir / "nerfstudio_models").is_dir():  # a run folder, given for the checkpoints' folder in it
+            raise InputError(
+                f"--load-dir {load_dir} is a run's folder: its checkpoints are in {load_dir / 'nerfstudio_models'}"
+            ) from None
         raise InputError(f"--load-dir {load_dir} holds {name}, which is no step-N.ckpt: move it out") from None
 
 

@@ -185,6 +185,21 @@ def test_resume_from_a_folder_with_other_files(trained_run: Path, scene_copy: Pa
     config = config_for(scene_copy, **TINY_RUN_GRIDS)
     config.load_dir = checkpoints
     assert "holds notes.txt, which is no step-N.ckpt" in error_of(config)
+    config.load_dir = trained_run.parent  # the run's folder, not its checkpoints' folder in it
+    assert error_of(config) == (
+        f"error: --load-dir {trained_run.parent} is a run's folder: its checkpoints are in "
+        f"{trained_run.parent / 'nerfstudio_models'}"
+    )
+
+
+def test_a_nerfstudio_capture_given_without_nerfstudio_data_is_named(tmp_path: Path) -> None:
+    """ns-process-data writes transforms.json; rs-sdf's default parser reads Blender scenes (transforms_train.json)."""
+    (tmp_path / "transforms.json").write_text("{}", encoding="utf8")
+    message = error_of(config_for(tmp_path))
+    assert message == (
+        f"error: missing transforms file: {tmp_path / 'transforms_train.json'}; {tmp_path} holds a nerfstudio capture "
+        "(transforms.json): end the command with nerfstudio-data"
+    )
 
 
 def test_resume_from_another_methods_checkpoint(scene_copy: Path, tmp_path: Path) -> None:
@@ -288,7 +303,7 @@ def nerfstudio_capture(scene: Path, folder: Path) -> Path:
     return folder
 
 
-def test_a_nerfstudio_capture_is_checked_by_its_own_dataparser(scene_copy: Path, tmp_path: Path) -> None:
+def test_a_nerfstudio_capture_is_checked_by_its_own_dataparser(scene_copy: Path, tmp_path: Path, capsys) -> None:
     """Other dataparsers than Blender's: nerfstudio parses the capture, then its images and poses are checked."""
     from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 
@@ -296,6 +311,8 @@ def test_a_nerfstudio_capture_is_checked_by_its_own_dataparser(scene_copy: Path,
     config = config_for(capture)
     config.pipeline.datamanager.dataparser = NerfstudioDataParserConfig()
     check_training_inputs(config)  # a good capture passes
+
+    assert "has masks" not in capsys.readouterr().out
 
     (capture / "images" / "3.png").write_bytes(b"not a png")
     assert error_of(config).startswith(f"error: unreadable image {capture / 'images' / '3.png'}")
@@ -308,3 +325,26 @@ def test_a_nerfstudio_capture_is_checked_by_its_own_dataparser(scene_copy: Path,
     assert error_of(config) == f"error: camera poses in {capture} have NaN or infinite values"
     (capture / "transforms.json").write_text("{", encoding="utf8")
     assert error_of(config).startswith(f"error: cannot read the dataset at {capture}: JSONDecodeError")
+
+
+def test_a_capture_with_masks_gets_a_note_once(scene_copy: Path, tmp_path: Path, capsys) -> None:
+    """nerfstudio samples only the pixels that masks keep: around a masked object rs-sdf never sees empty space and
+    fills its box (a review's run: accumulation 0.99 on the background). Such a capture trains, with a note."""
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+    from PIL import Image
+
+    capture = nerfstudio_capture(scene_copy, tmp_path / "capture")
+    meta = json.loads((capture / "transforms.json").read_text(encoding="utf8"))
+    (capture / "masks").mkdir()
+    for index, frame in enumerate(meta["frames"]):
+        alpha = Image.open(capture / frame["file_path"]).getchannel("A")
+        alpha.point(lambda a: 255 if a > 127 else 0).save(capture / "masks" / f"{index}.png")
+        frame["mask_path"] = f"masks/{index}.png"
+    (capture / "transforms.json").write_text(json.dumps(meta), encoding="utf8")
+    config = config_for(capture)
+    config.pipeline.datamanager.dataparser = NerfstudioDataParserConfig()
+    check_training_inputs(config)
+    check_training_inputs(config)  # as ns-train does: before printing the config, then before saving it
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.count("has masks") == 1
+    assert f"{capture} has masks" in out and "alpha channel" in out
