@@ -347,6 +347,16 @@ class RSSDFModel(Model):
         this_run = {"steps": 0, "seconds": 0.0}  # iterations timed in this process, for the terminal's progress
         if optimizers is not None:
             decay_by_progress(lambda: self.train_seconds / budget, optimizers, trainer.config.optimizers)
+        if self.train_seconds >= budget:  # resumed from a checkpoint that spent it: nerfstudio trains one step
+            from nerfstudio.utils.rich_utils import CONSOLE
+
+            CONSOLE.print(
+                f"rs-sdf: the checkpoint has trained its time budget already ({self.train_seconds:.0f} of "
+                f"{budget:g} s): one step more is trained and saved; a larger --pipeline.model.train-time-budget "
+                "trains on",
+                markup=False,
+                highlight=False,
+            )
 
         def start_iteration(step: int) -> None:
             self._iteration_started = time.perf_counter()

@@ -275,6 +275,25 @@ def test_under_a_time_budget_the_terminal_counts_down_to_the_step_the_clock_ends
     assert writer.GLOBAL_BUFFER["max_iter"] == 5
 
 
+def test_resuming_a_run_that_spent_its_budget_says_so(capsys) -> None:
+    from types import SimpleNamespace
+
+    from nerfstudio.engine.callbacks import TrainingCallbackAttributes
+
+    trainer = SimpleNamespace(config=SimpleNamespace(max_num_iterations=100), stop_training=False)
+    attributes = TrainingCallbackAttributes(optimizers=None, grad_scaler=None, pipeline=None, trainer=trainer)
+    model = small_model(train_time_budget=10.0, fit_box_at_step=0, fill_every=0)
+    model.get_training_callbacks(attributes)
+    assert "time budget" not in capsys.readouterr().out
+    model.train_seconds = 10.2  # as a checkpoint at the end of the budget has it
+    callbacks = model.get_training_callbacks(attributes)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "the checkpoint has trained its time budget already (10 of 10 s)" in out
+    assert "--pipeline.model.train-time-budget" in out
+    run_one_step(callbacks, 0)
+    assert trainer.stop_training
+
+
 def test_hidden_space_under_a_dome_is_filled_by_the_hidden_rule_only() -> None:
     """Seen only from above, a dome hides the space under it: it is open, yet no ray can tell it from matter."""
     from_above = rays_along_the_axes(directions=[(2, -1.0)])
