@@ -37,6 +37,7 @@ MARCHING_CUBES_NEEDS_CUDA = (
 )
 """What ``ns-export marching-cubes`` says on a machine without CUDA (see ``RSSDFModelConfig.sdf_field``)."""
 
+
 @dataclass
 class RSSDFModelConfig(ModelConfig):
     """rs-sdf: a voxel occupancy classifier, randomized smoothing as its SDF, volume-rendered."""
@@ -279,6 +280,11 @@ class RSSDFModel(Model):
         self.step = step
         self.field.steepness = self.steepness_at(step)
 
+    def seconds_trained_by_now(self) -> float:
+        """`train_seconds` and the part of the iteration under way, which is counted when it ends."""
+        started = self._iteration_started
+        return self.train_seconds + (0.0 if started is None else time.perf_counter() - started)
+
     def training_progress(self, step: int) -> float:
         """How far training is, in [0, 1]: by the clock under `train_time_budget`, else by the trainer's steps."""
         if self.config.train_time_budget is not None:
@@ -345,13 +351,13 @@ class RSSDFModel(Model):
         """
         budget = float(self.config.train_time_budget)  # type: ignore[arg-type]
         this_run = {"steps": 0, "seconds": 0.0}  # iterations timed in this process, for the terminal's progress
-        if optimizers is not None:
-            decay_by_progress(lambda: self.train_seconds / budget, optimizers, trainer.config.optimizers)
+        if optimizers is not None:  # the schedulers step inside the iteration, before `end_iteration` counts it
+            decay_by_progress(lambda: self.seconds_trained_by_now() / budget, optimizers, trainer.config.optimizers)
         if self.train_seconds >= budget:  # resumed from a checkpoint that spent it: nerfstudio trains one step
             from nerfstudio.utils.rich_utils import CONSOLE
 
             CONSOLE.print(
-                f"rs-sdf: the checkpoint has trained its time budget already ({self.train_seconds:.0f} of "
+                f"rs-sdf: the checkpoint has trained its time budget already ({self.train_seconds:.1f} of "
                 f"{budget:g} s): one step more is trained and saved; a larger --pipeline.model.train-time-budget "
                 "trains on",
                 markup=False,

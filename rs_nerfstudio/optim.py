@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Type
+from typing import Callable, Dict, Iterator, Optional, Tuple, Type
 
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import Scheduler, SchedulerConfig
@@ -78,23 +78,34 @@ class ExponentialDecayScheduler(Scheduler):
         return lr_scheduler.LambdaLR(optimizer, lr_lambda=multiplier)
 
 
-def decay_learning_rates_to(progress: float, optimizers, optimizer_configs: Dict[str, Dict]) -> None:
-    """Set every parameter group's learning rate to where its exponential decay is at ``progress`` in [0, 1].
-
-    For training on a time budget: the decay then runs over the budget's seconds instead of ``max_steps`` steps,
-    with no warm-up. Groups whose scheduler is not an :class:`ExponentialDecaySchedulerConfig` are left alone.
-    ``optimizers`` is nerfstudio's ``Optimizers``; the schedulers' own step-based update is overwritten before each
-    optimizer step.
-    """
-    progress = min(max(progress, 0.0), 1.0)
+def _exponential_decays(
+    optimizers, optimizer_configs: Dict[str, Dict]
+) -> Iterator[Tuple[Optimizer, lr_scheduler.LambdaLR, Optional[float]]]:
+    """Each optimizer whose scheduler is an :class:`ExponentialDecaySchedulerConfig`'s, with it and its ``lr_final``."""
     for name, optimizer in optimizers.optimizers.items():
         scheduler_config = optimizer_configs.get(name, {}).get("scheduler")
         scheduler = optimizers.schedulers.get(name)
-        if not isinstance(scheduler_config, ExponentialDecaySchedulerConfig) or scheduler is None:
-            continue
+        if isinstance(scheduler_config, ExponentialDecaySchedulerConfig) and isinstance(
+            scheduler, lr_scheduler.LambdaLR
+        ):
+            yield optimizer, scheduler, scheduler_config.lr_final
+
+
+def _decay_at(progress: float, lr_init: float, lr_final: Optional[float]) -> float:
+    """The multiplier of ``lr_init`` at ``progress`` in [0, 1] of the decay, with no warm-up."""
+    return exponential_decay_multiplier(max(progress, 0.0), lr_init, lr_init if lr_final is None else lr_final, 0, 1)
+
+
+def decay_learning_rates_to(progress: float, optimizers, optimizer_configs: Dict[str, Dict]) -> None:
+    """Set every parameter group's learning rate to where its exponential decay is at ``progress`` in [0, 1], now.
+
+    ``benchmarks/ablate.py`` trains on a clock without nerfstudio's trainer and sets the rates before each step;
+    ``ns-train`` under a time budget uses :func:`decay_by_progress`. ``optimizers`` is nerfstudio's ``Optimizers``;
+    groups whose scheduler is not an :class:`ExponentialDecaySchedulerConfig` are left alone.
+    """
+    for optimizer, scheduler, lr_final in _exponential_decays(optimizers, optimizer_configs):
         for group, lr_init in zip(optimizer.param_groups, scheduler.base_lrs):
-            lr_final = lr_init if scheduler_config.lr_final is None else scheduler_config.lr_final
-            group["lr"] = lr_init * exponential_decay_multiplier(progress, lr_init, lr_final, 0, 1)
+            group["lr"] = lr_init * _decay_at(progress, lr_init, lr_final)
 
 
 def decay_by_progress(progress: Callable[[], float], optimizers, optimizer_configs: Dict[str, Dict]) -> None:
@@ -108,17 +119,8 @@ def decay_by_progress(progress: Callable[[], float], optimizers, optimizer_confi
     out of checkpoints.
     """
 
-    def multiplier(lr_init: float, lr_final: float) -> Callable[[int], float]:
-        return lambda _step: exponential_decay_multiplier(min(max(progress(), 0.0), 1.0), lr_init, lr_final, 0, 1)
+    def multiplier(lr_init: float, lr_final: Optional[float]) -> Callable[[int], float]:
+        return lambda _step: _decay_at(progress(), lr_init, lr_final)
 
-    for name in optimizers.optimizers:
-        scheduler_config = optimizer_configs.get(name, {}).get("scheduler")
-        scheduler = optimizers.schedulers.get(name)
-        if not isinstance(scheduler_config, ExponentialDecaySchedulerConfig) or not isinstance(
-            scheduler, lr_scheduler.LambdaLR
-        ):
-            continue
-        lr_final = scheduler_config.lr_final
-        scheduler.lr_lambdas = [
-            multiplier(lr_init, lr_init if lr_final is None else lr_final) for lr_init in scheduler.base_lrs
-        ]
+    for _, scheduler, lr_final in _exponential_decays(optimizers, optimizer_configs):
+        scheduler.lr_lambdas = [multiplier(lr_init, lr_final) for lr_init in scheduler.base_lrs]

@@ -275,6 +275,38 @@ def test_under_a_time_budget_the_terminal_counts_down_to_the_step_the_clock_ends
     assert writer.GLOBAL_BUFFER["max_iter"] == 5
 
 
+def test_under_a_time_budget_the_rates_follow_the_clock_to_the_iteration_under_way(monkeypatch) -> None:
+    """nerfstudio steps the schedulers inside an iteration, before the budget callbacks count its time: each rate is
+    where the decay is at that moment, and the last iteration's ends at the final rate (it lagged one iteration)."""
+    from types import SimpleNamespace
+
+    from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
+
+    from rs_nerfstudio import model as model_module
+
+    now = {"t": 0.0}
+    monkeypatch.setattr(model_module.time, "perf_counter", lambda: now["t"])
+    model = small_model(train_time_budget=10.0, fit_box_at_step=0, fill_every=0)
+    optimizers = default_optimizers(model)
+    config = rs_sdf_trainer_config()
+    config.max_num_iterations = 1 << 30
+    trainer = SimpleNamespace(config=config, stop_training=False)
+    attributes = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=None, trainer=trainer)
+    callbacks = model.get_training_callbacks(attributes)
+    geometry = optimizers.optimizers["geometry"].param_groups[0]
+    step = 0
+    while not trainer.stop_training:
+        for callback in callbacks:
+            callback.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+        now["t"] += 0.5  # the forward and backward pass, then the optimizer and scheduler steps, as nerfstudio's
+        optimizers.scheduler_step_all(step)
+        assert geometry["lr"] == pytest.approx(0.1 * 1e-3 ** ((step + 1) * 0.5 / 10.0), rel=1e-9)  # 0.1 -> 1e-4
+        for callback in callbacks:
+            callback.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+        step += 1
+    assert step == 20 and geometry["lr"] == pytest.approx(1e-4, rel=1e-9)
+
+
 def test_resuming_a_run_that_spent_its_budget_says_so(capsys) -> None:
     from types import SimpleNamespace
 
@@ -288,7 +320,7 @@ def test_resuming_a_run_that_spent_its_budget_says_so(capsys) -> None:
     model.train_seconds = 10.2  # as a checkpoint at the end of the budget has it
     callbacks = model.get_training_callbacks(attributes)
     out = " ".join(capsys.readouterr().out.split())
-    assert "the checkpoint has trained its time budget already (10 of 10 s)" in out
+    assert "the checkpoint has trained its time budget already (10.2 of 10 s)" in out
     assert "--pipeline.model.train-time-budget" in out
     run_one_step(callbacks, 0)
     assert trainer.stop_training
