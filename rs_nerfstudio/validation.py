@@ -40,7 +40,7 @@ def check_blender_folder(data: Path, splits: Iterable[str] = BLENDER_SPLITS_FOR_
         if not transforms.is_file():
             hint = ""
             if (data / "transforms.json").is_file():  # what ns-process-data writes
-                hint = f"; {data} holds a nerfstudio capture (transforms.json): end the command with nerfstudio-data"
+                hint = f"; {data} holds a nerfstudio capture (transforms.json), which ns-train reads as nerfstudio-data"
             raise InputError(f"missing transforms file: {transforms}{hint}")
         try:
             meta = json.loads(transforms.read_text(encoding="utf8"))
@@ -141,7 +141,8 @@ def check_generic_dataparser(config: "TrainerConfig") -> "Tensor":
 MASKED_CAPTURE_NOTE = (
     "rs-sdf: {data} has masks. nerfstudio trains on the pixels they keep only, so no ray tells rs-sdf that the "
     "space around them is empty, and it fills the box there. To model an object alone, give its images an alpha "
-    "channel instead (transparent around it): rs-sdf composites them on white and learns that space empty."
+    "channel instead (transparent around it): rs-sdf composites them on its background colour and learns that space "
+    "empty."
 )
 """Printed by ``ns-train rs-sdf`` for a capture with masks (README, "Real captures")."""
 _NOTED_MASKS: set = set()
@@ -231,6 +232,25 @@ def check_settings(config: "TrainerConfig") -> None:
         raise InputError(f"{prefix}freeze-geometry-at is a share of training, in [0, 1], got {model.freeze_geometry_at}")
     if not 0.0 < model.initial_occupancy < 1.0:  # a probability whose logit starts the grid
         raise InputError(f"{prefix}initial-occupancy must be in (0, 1), got {model.initial_occupancy}")
+    if model.enable_collider:
+        check_collider(model.collider_params or {}, model.fill_rule)
+
+
+def check_collider(params: dict, fill_rule: str) -> None:
+    """nerfstudio's near/far collider needs both planes (it raised a KeyError), and near < far (else every ray is
+    cut away and nothing trains). The `hidden` fill rule needs the rays' whole chords through the box: cut short,
+    space seen beyond the far plane would count as unseen and be filled."""
+    flag = "--pipeline.model.collider-params"
+    try:
+        near, far = float(params["near_plane"]), float(params["far_plane"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{flag} needs near_plane and far_plane numbers, got {params}") from None
+    if not (math.isfinite(near) and near >= 0.0 and far > near):
+        raise InputError(f"{flag}: near_plane must be at least 0 and below far_plane, got {near} and {far}")
+    if fill_rule == "hidden":
+        raise InputError(
+            "--pipeline.model.fill-rule hidden needs whole rays: it cannot go with --pipeline.model.enable-collider"
+        )
 
 
 def check_resume(config: "TrainerConfig", scene_aabb: "Tensor") -> None:

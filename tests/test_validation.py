@@ -122,6 +122,22 @@ def test_counts_outside_the_model(scene_copy: Path, owner: str, setting: str, fl
     assert error_of(config) == f"error: {flag} must be at least 1, got 0"
 
 
+@pytest.mark.parametrize(
+    "params, fill_rule, message",
+    [
+        ({"near_plane": 0.1}, "sealed", "--pipeline.model.collider-params needs near_plane and far_plane numbers"),
+        ({"near_plane": 3.0, "far_plane": 2.0}, "sealed", "near_plane must be at least 0 and below far_plane, got 3.0"),
+        ({"near_plane": -1.0, "far_plane": 2.0}, "sealed", "near_plane must be at least 0 and below far_plane"),
+        ({"near_plane": 0.1, "far_plane": 6.0}, "hidden", "--pipeline.model.fill-rule hidden needs whole rays"),
+    ],
+)
+def test_a_collider_needs_planes_in_order_and_whole_rays_for_the_hidden_rule(scene_copy, params, fill_rule, message):
+    """The collider now cuts the rays (a KeyError traceback without far_plane; near >= far trained nothing)."""
+    assert message in check(scene_copy, enable_collider=True, collider_params=params, fill_rule=fill_rule)
+    config = config_for(scene_copy, enable_collider=True, collider_params={"near_plane": 0.1, "far_plane": 6.0})
+    check_training_inputs(config)  # sound planes and the default fill rule pass
+
+
 def test_resume_from_a_folder_without_the_checkpoint(scene_copy: Path, tmp_path: Path) -> None:
     config = config_for(scene_copy)
     config.load_dir = tmp_path / "nowhere"
@@ -198,7 +214,7 @@ def test_a_nerfstudio_capture_given_without_nerfstudio_data_is_named(tmp_path: P
     message = error_of(config_for(tmp_path))
     assert message == (
         f"error: missing transforms file: {tmp_path / 'transforms_train.json'}; {tmp_path} holds a nerfstudio capture "
-        "(transforms.json): end the command with nerfstudio-data"
+        "(transforms.json), which ns-train reads as nerfstudio-data"
     )
 
 
