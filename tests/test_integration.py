@@ -163,18 +163,21 @@ def test_time_budget_stops_training_and_decays_the_learning_rate(tiny_scene: Pat
     assert last_lr == pytest.approx(lr_final, rel=0.2)  # decayed over the 4 s
 
 
+def ns_export_on_the_cpu(subcommand: str, run: Path, output: Path, *flags: str) -> subprocess.CompletedProcess:
+    """``ns-export SUBCOMMAND`` on a run, with CUDA hidden even where a GPU is."""
+    return subprocess.run(
+        [command("ns-export"), subcommand, "--load-config", str(run), "--output-dir", str(output), *flags],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )  # fmt: skip
+
+
 def test_ns_export_marching_cubes_without_cuda_says_so_in_one_line(trained_run: Path, tmp_path: Path) -> None:
     """nerfstudio's marching-cubes exporter calls ``.cuda()``: without CUDA it ended in a 20-line traceback about
     NVIDIA drivers. It now ends in one line that names ``rs-export mesh``, and writes nothing."""
     from rs_nerfstudio.model import MARCHING_CUBES_NEEDS_CUDA
 
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     output = tmp_path / "mesh"
-    result = subprocess.run(
-        [command("ns-export"), "marching-cubes", "--load-config", str(trained_run), "--output-dir", str(output),
-         "--resolution", "512"],
-        capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+    result = ns_export_on_the_cpu("marching-cubes", trained_run, output, "--resolution", "512")
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == MARCHING_CUBES_NEEDS_CUDA
@@ -190,12 +193,7 @@ def test_ns_export_pointcloud_lies_on_the_scenes_surface(trained_run: Path, tmp_
     from rs_nerfstudio.runs import load_model
     from rs_nerfstudio.scenes import get_shape
 
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(
-        [command("ns-export"), "pointcloud", "--load-config", str(trained_run), "--output-dir", str(tmp_path),
-         "--num-points", "2000"],
-        capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+    result = ns_export_on_the_cpu("pointcloud", trained_run, tmp_path, "--num-points", "2000")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     points = np.asarray(trimesh.load(tmp_path / "point_cloud.ply").vertices)
     assert len(points) >= 1000
