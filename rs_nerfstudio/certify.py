@@ -23,19 +23,21 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Literal, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Literal, Optional, Tuple
 
 import numpy as np
-import torch
 import tyro
 from jaxtyping import Float
-from torch import Tensor
 
 from rs_nerfstudio.outputs import check_outputs, metrics_json, write_atomically
 from rs_nerfstudio.runs import one_line
 from rs_nerfstudio.validation import InputError
 
-BaseOccupancy = Callable[[Tensor], Tensor]
+if TYPE_CHECKING:  # torch is imported where it is used: `rs-certify --help` and a bad flag answer without it (~1.4 s)
+    import torch
+    from torch import Tensor
+
+BaseOccupancy = Callable[["Tensor"], "Tensor"]
 """World points ``[N, 3]`` to base occupancy in [0, 1], ``[N]``."""
 
 
@@ -73,6 +75,8 @@ def check_sample_sizes(n0: int, n: int, alpha: float, mode: str = "hard") -> Non
 
 def check_points(points: Tensor, aabb: Tensor, source: str) -> None:
     """Finite points inside the box, where the grid has data; otherwise say which and how many."""
+    import torch
+
     if points.ndim != 2 or points.shape[1] != 3:
         raise InputError(f"{source}: query points must be an N x 3 array, got shape {tuple(points.shape)}")
     if len(points) == 0:
@@ -109,7 +113,6 @@ class MonteCarloResult:
     """Wall-clock time of the certification."""
 
 
-@torch.no_grad()
 def certify_monte_carlo(
     base: BaseOccupancy,
     points: Float[Tensor, "N 3"],
@@ -122,12 +125,15 @@ def certify_monte_carlo(
     seed: int = 0,
 ) -> MonteCarloResult:
     """Cohen et al.'s CERTIFY for the two-class occupancy classifier, batched over points and noise samples."""
+    import torch
+
     check_sample_sizes(n0, n, alpha, mode)
     generator = torch.Generator(device=points.device).manual_seed(seed)
     start = time.perf_counter()
-    selection = _noisy_mean(base, points, sigma, n0, mode, batch, generator)
-    predicted_inside = (selection > 0.5).cpu().numpy()
-    estimate = _noisy_mean(base, points, sigma, n, mode, batch, generator).cpu().numpy().astype(np.float64)
+    with torch.no_grad():
+        selection = _noisy_mean(base, points, sigma, n0, mode, batch, generator)
+        predicted_inside = (selection > 0.5).cpu().numpy()
+        estimate = _noisy_mean(base, points, sigma, n, mode, batch, generator).cpu().numpy().astype(np.float64)
     p_class = np.where(predicted_inside, estimate, 1.0 - estimate)
     if mode == "hard":
         p_lower = clopper_pearson_lower(np.round(p_class * n).astype(np.int64), n, alpha)
@@ -143,6 +149,8 @@ def certify_monte_carlo(
 
 def _noisy_mean(base, points, sigma, count, mode, batch, generator) -> Tensor:
     """Mean over ``count`` Gaussian perturbations of the base occupancy (soft) or of its vote (hard)."""
+    import torch
+
     total = torch.zeros(len(points), dtype=torch.float64, device=points.device)
     per_round = max(1, batch // max(1, len(points)))
     done = 0
@@ -159,6 +167,8 @@ def _noisy_mean(base, points, sigma, count, mode, batch, generator) -> Tensor:
 
 def grid_radius(model, points: Tensor) -> Tensor:
     """The grid-RS weak SDF at the points (positive outside)."""
+    import torch
+
     with torch.no_grad():
         return model.field.weak_sdf(points.to(model.field.aabb.device)).cpu()
 
@@ -179,6 +189,8 @@ def base_occupancy_function(model) -> BaseOccupancy:
 def load_points(path: Path) -> Tensor:
     """An N x 3 array from .npy, or from text: comma-separated in .csv, whitespace-separated in any other file, with
     an optional header row."""
+    import torch
+
     import warnings
 
     path = Path(path)
@@ -208,6 +220,8 @@ def load_points(path: Path) -> Tensor:
 
 def generated_points(model, kind: Literal["band", "box"], count: int, seed: int) -> Tensor:
     """``box``: uniform in the grids' box. ``band``: uniform in the box, kept where |weak SDF| < 2 sigma."""
+    import torch
+
     aabb = model.field.aabb.cpu()
     generator = torch.Generator().manual_seed(seed)
     if kind == "box":

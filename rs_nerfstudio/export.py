@@ -12,17 +12,19 @@ import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Literal, Optional, Tuple, Union
 
 import numpy as np
-import torch
 import tyro
 from typing_extensions import Annotated
 
 from rs_nerfstudio.outputs import check_outputs, write_atomically
 from rs_nerfstudio.validation import InputError
 
-SDFFunction = Callable[[torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:  # torch is imported where it is used: `rs-export --help` and a bad flag answer without it (~1.4 s)
+    import torch
+
+SDFFunction = Callable[["torch.Tensor"], "torch.Tensor"]
 """World points ``[N, 3]`` to signed distances ``[N]`` (positive outside)."""
 BYTES_PER_TRIANGLE = 400
 """Peak bytes per output triangle while meshing, welding and writing (measured with trimesh; generous)."""
@@ -52,12 +54,16 @@ class Lattice:
 
     def points(self, start: Tuple[int, int, int], stop: Tuple[int, int, int]) -> torch.Tensor:
         """World positions of nodes ``start <= index < stop``, ``[nx, ny, nz, 3]``, float32."""
+        import torch
+
         axes = [torch.arange(a, b, dtype=torch.float64) * self.spacing + o for a, b, o in zip(start, stop, self.origin)]
         return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).float()
 
 
 def evaluate_block(sdf_fn: SDFFunction, lattice: Lattice, start, stop, chunk: int = 1 << 20) -> np.ndarray:
     """The SDF on a block of lattice nodes, ``[nx, ny, nz]`` float32."""
+    import torch
+
     points = lattice.points(start, stop)
     flat = points.reshape(-1, 3)
     with torch.no_grad():
@@ -160,6 +166,8 @@ def run_sdf_function(model) -> SDFFunction:
 
 def vertex_colours(model, vertices: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
     """RGB (uint8) of the field at each vertex, seen head-on (against the weak SDF's normal)."""
+    import torch
+
     field = model.field
     device = field.aabb.device
     colours = []
@@ -368,6 +376,8 @@ PLANES = ((2, "xy"), (1, "xz"), (0, "yz"))
 
 def slice_values(sdf_fn, low, high, centre, axes, normal, resolution) -> np.ndarray:
     """The SDF on a plane through ``centre`` spanned by ``axes``; rows follow the second axis."""
+    import torch
+
     extent = high - low
     scale = resolution / max(extent[axes[0]], extent[axes[1]])
     counts = [max(2, int(round(extent[a] * scale))) for a in axes]
