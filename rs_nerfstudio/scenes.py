@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Tuple
 
 import numpy as np
-import torch
 import tyro
 from jaxtyping import Bool, Float
-from torch import Tensor
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where it is used, the shapes' too: `rs-scene --help` answers without it
+    import torch
     import trimesh
+    from torch import Tensor
 
 SCENE_BOX = 1.5
 """Half-size of the Blender dataparser's scene box; every shape lies within [-1.2, 1.2]^3, well inside it."""
@@ -33,13 +33,15 @@ CAMERA_RADIUS = 4.0
 """Distance of every camera from the origin, as in NeRF-synthetic."""
 CAMERA_ANGLE_X = 0.6911112070083618
 """Horizontal field of view of the NeRF-synthetic scenes (Lego's)."""
-LIGHT = torch.nn.functional.normalize(torch.tensor([0.4, 0.3, 0.85]), dim=0)
-"""Direction towards the fixed directional light (from above)."""
+LIGHT = tuple(x / math.sqrt(0.4**2 + 0.3**2 + 0.85**2) for x in (0.4, 0.3, 0.85))
+"""Direction towards the fixed directional light (from above), a unit vector."""
 AMBIENT = 0.5
 """Ambient share of the shading, so that faces turned away from the light are still well lit."""
 
-SDF = Callable[[Float[Tensor, "*batch 3"]], Float[Tensor, "*batch"]]
-Albedo = Callable[[Float[Tensor, "*batch 3"]], Float[Tensor, "*batch 3"]]
+SDF = Callable[["Tensor"], "Tensor"]
+"""World points ``[..., 3]`` to signed distances ``[...]``."""
+Albedo = Callable[["Tensor"], "Tensor"]
+"""World points ``[..., 3]`` to RGB ``[..., 3]``."""
 Vector = Tuple[float, float, float]
 
 
@@ -50,16 +52,14 @@ class SceneError(ValueError):
 # ----- shapes -----------------------------------------------------------------------------------------------------
 def sphere(radius: float, centre: Vector = (0.0, 0.0, 0.0)) -> SDF:
     """Exact SDF of a ball."""
-    c = torch.tensor(centre)
-    return lambda p: (p - c).norm(dim=-1) - radius
+    return lambda p: (p - p.new_tensor(centre)).norm(dim=-1) - radius
 
 
 def rounded_box(half: Vector, radius: float = 0.0, centre: Vector = (0.0, 0.0, 0.0)) -> SDF:
     """Exact SDF of an axis-aligned box of half-sizes ``half`` whose edges are rounded by ``radius`` (0: sharp)."""
-    c, inner = torch.tensor(centre), torch.tensor(half) - radius
 
     def sdf(p: Tensor) -> Tensor:
-        q = (p - c).abs() - inner
+        q = (p - p.new_tensor(centre)).abs() - (p.new_tensor(half) - radius)
         return q.clamp_min(0).norm(dim=-1) + q.amax(dim=-1).clamp_max(0) - radius
 
     return sdf
@@ -67,10 +67,11 @@ def rounded_box(half: Vector, radius: float = 0.0, centre: Vector = (0.0, 0.0, 0
 
 def torus(major: float, minor: float, centre: Vector = (0.0, 0.0, 0.0)) -> SDF:
     """Exact SDF of a torus around the z axis: tube radius ``minor`` around a circle of radius ``major``."""
-    c = torch.tensor(centre)
 
     def sdf(p: Tensor) -> Tensor:
-        q = p - c
+        import torch
+
+        q = p - p.new_tensor(centre)
         ring = q[..., :2].norm(dim=-1) - major
         return torch.stack([ring, q[..., 2]], dim=-1).norm(dim=-1) - minor
 
@@ -83,13 +84,19 @@ def union(*parts: SDF) -> SDF:
     Exact outside the union; inside, where the parts overlap, it is only a lower bound of the distance's magnitude.
     Sphere tracing needs exactness only outside, so renders are unaffected.
     """
-    return lambda p: torch.stack([part(p) for part in parts], dim=0).amin(dim=0)
+
+    def sdf(p: Tensor) -> Tensor:
+        import torch
+
+        return torch.stack([part(p) for part in parts], dim=0).amin(dim=0)
+
+    return sdf
 
 
 def stripes(p: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch 3"]:
     """Smooth procedural albedo: hue waves of ~1.3 units' period; each channel in [0.4, 0.9], their mean ~0.65."""
-    phase = torch.tensor([0.0, 2.1, 4.2])
-    return 0.65 + 0.25 * torch.sin(4.0 * p + 3.0 * p[..., [1, 2, 0]] + phase)
+    phase = p.new_tensor([0.0, 2.1, 4.2])
+    return 0.65 + 0.25 * (4.0 * p + 3.0 * p[..., [1, 2, 0]] + phase).sin()
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,8 @@ def look_at(eye: Float[Tensor, "3"]) -> Float[Tensor, "4 4"]:
 
     World z is up; ``eye`` must not be on the z axis.
     """
+    import torch
+
     forward = -eye / eye.norm()
     right = torch.nn.functional.normalize(torch.linalg.cross(forward, torch.tensor([0.0, 0.0, 1.0])), dim=0)
     up = torch.linalg.cross(right, forward)
@@ -143,6 +152,8 @@ def camera_positions(count: int, generator: torch.Generator, spiral: bool) -> Fl
 
     ``spiral``: a Fibonacci spiral (evenly spread, for training) with a random azimuth; otherwise random points.
     """
+    import torch
+
     if spiral:
         index = torch.arange(count, dtype=torch.float32) + 0.5
         z = -0.25 + 1.15 * index / count
@@ -156,6 +167,8 @@ def camera_positions(count: int, generator: torch.Generator, spiral: bool) -> Fl
 
 def scene_cameras(num_train: int, num_val: int, num_test: int, seed: int) -> Dict[str, Float[Tensor, "n 4 4"]]:
     """Camera-to-world matrices of each split: a spiral for train, random views (distinct from it) for val and test."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     eyes = {
         "train": camera_positions(num_train, generator, spiral=True),
@@ -179,6 +192,8 @@ def sphere_trace(
     Rays start and stop where they enter and leave the sphere around the scene box, and rays that have hit or left
     are dropped from the batch, so most of the budget of ``steps`` goes to the few rays that graze the surface.
     """
+    import torch
+
     bound = SCENE_BOX * math.sqrt(3.0)
     middle = -(origins * directions).sum(dim=-1)
     half_chord = (middle**2 - (origins**2).sum(dim=-1) + bound**2).clamp_min(0).sqrt()
@@ -201,13 +216,15 @@ def sphere_trace(
 
 def shading_normals(sdf: SDF, points: Float[Tensor, "*batch 3"], step: float = 1e-3) -> Float[Tensor, "*batch 3"]:
     """Unit normals from central differences of the SDF."""
+    import torch
+
     gradient = torch.stack([sdf(points + offset) - sdf(points - offset) for offset in torch.eye(3) * step], dim=-1)
     return torch.nn.functional.normalize(gradient, dim=-1)
 
 
 def shade(shape: Shape, points: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch 3"]:
     """View-independent colour of surface points: albedo times ambient plus Lambertian light."""
-    lambert = (shading_normals(shape.sdf, points) @ LIGHT).clamp_min(0)
+    lambert = (shading_normals(shape.sdf, points) @ points.new_tensor(LIGHT)).clamp_min(0)
     return (shape.albedo(points) * (AMBIENT + (1 - AMBIENT) * lambert[..., None])).clamp(0, 1)
 
 
@@ -220,6 +237,8 @@ def render_views(
     centre, focal length from :data:`CAMERA_ANGLE_X`. Background pixels are (0, 0, 0, 0). Views are traced together,
     at most ``max_rays`` rays at a time.
     """
+    import torch
+
     focal = 0.5 * size / math.tan(0.5 * CAMERA_ANGLE_X)
     offsets = (torch.arange(supersample) + 0.5) / supersample
     pixel = torch.arange(size, dtype=torch.float32)
@@ -251,6 +270,8 @@ def render_view(
 def sdf_grid(shape: Shape, resolution: int) -> Tuple[np.ndarray, np.ndarray, float]:
     """The exact SDF on ``resolution^3`` nodes spanning the scene box, indexed [x, y, z]; node [0, 0, 0]'s position
     and the spacing."""
+    import torch
+
     spacing = 2 * SCENE_BOX / (resolution - 1)
     axis = (-SCENE_BOX + spacing * torch.arange(resolution, dtype=torch.float64)).float()
     points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
@@ -390,6 +411,8 @@ def publish(staging: Path, target: Path) -> None:
 
 def write_split(folder: Path, split: str, shape: Shape, c2ws: Float[Tensor, "n 4 4"], image_size: int) -> None:
     """Render one split's views as 8-bit RGBA PNGs ``split/r_<i>.png`` and write ``transforms_<split>.json``."""
+    import torch
+
     from PIL import Image
 
     (folder / split).mkdir()
