@@ -189,9 +189,9 @@ def base_occupancy_function(model) -> BaseOccupancy:
 def load_points(path: Path) -> Tensor:
     """An N x 3 array from .npy, or from text: comma-separated in .csv, whitespace-separated in any other file, with
     an optional header row."""
-    import torch
-
     import warnings
+
+    import torch
 
     path = Path(path)
     if path.is_dir():

@@ -28,10 +28,8 @@ def run_command(name: str, work: Callable[[], object], sizes: str) -> None:
     except KeyboardInterrupt:
         print(f"\n{name}: stopped by Ctrl+C", file=sys.stderr)
         raise SystemExit(130) from None
-    except MemoryError:
-        raise SystemExit(f"{name}: error: out of memory; lower {sizes}") from None
-    except RuntimeError as error:
-        if not any(words in str(error) for words in OUT_OF_MEMORY):
+    except (MemoryError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and not any(words in str(error) for words in OUT_OF_MEMORY):
             raise
         raise SystemExit(f"{name}: error: out of memory; lower {sizes}") from None
     except OSError as error:
