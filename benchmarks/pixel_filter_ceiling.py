@@ -18,6 +18,11 @@ scene and scores, against each low-resolution test image (both composited on whi
 Sub-pixel positions are those of a factor of 4 (200 from 800 px), rounded to the nearest sub-pixel for other factors.
 
 It first checks that the low-resolution image is the Lanczos resize of the full one, and says so when it is not.
+
+With ``--sub-pixel N`` it also asks what a training ray cast through a random point of its pixel could be fitted to.
+For N random offsets per view, uniform within a pixel, it resizes the full-resolution image with its sampling grid
+shifted by that offset (the low-resolution image as it would be there, exactly) and scores the low-resolution
+pixels interpolated to the offset against it: nearest (the pixel's own value), bilinear, Keys' cubic and Lanczos-3.
 """
 
 from __future__ import annotations
@@ -65,11 +70,75 @@ def samplings(high: np.ndarray, factor: int) -> dict:
     }
 
 
+def interpolation_kernels() -> dict:
+    """Separable interpolation kernels k(t), t in low-resolution pixels from a tap, and each one's support (taps on
+    either side of the point)."""
+
+    def keys_cubic(t: np.ndarray) -> np.ndarray:  # a = -0.5, as PyTorch's and OpenCV's bicubic
+        t = np.abs(t)
+        near = (1.5 * t - 2.5) * t * t + 1
+        far = ((-0.5 * t + 2.5) * t - 4) * t + 2
+        return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+
+    return {
+        "nearest (the pixel's own value)": (lambda t: ((t > -0.5) & (t <= 0.5)).astype(np.float64), 1),
+        "bilinear": (lambda t: np.clip(1 - np.abs(t), 0, None), 1),
+        "Keys' cubic": (keys_cubic, 2),
+        "Lanczos-3": (lambda t: np.sinc(t) * np.sinc(t / 3) * (np.abs(t) < 3), 3),
+    }
+
+
+def interpolate(image: np.ndarray, dy: float, dx: float, kernel, support: int) -> np.ndarray:
+    """``image`` (H, W, 3) read at every pixel's centre moved by (dy, dx) pixels, the border pixels repeated."""
+    out = image
+    for axis, shift in ((0, dy), (1, dx)):
+        taps = np.arange(-support, support + 1)
+        weights = kernel(taps - shift)
+        weights = weights / weights.sum()
+        pad = [(0, 0)] * 3
+        pad[axis] = (support, support)
+        padded = np.pad(out, pad, mode="edge")
+        size = out.shape[axis]
+        out = sum(w * np.take(padded, np.arange(size) + support + t, axis=axis) for w, t in zip(weights, taps) if w)
+    return out
+
+
+def sub_pixel_scores(high_image: Image.Image, low: np.ndarray, offsets: np.ndarray) -> dict:
+    """PSNR of each interpolation of ``low`` against ``high_image``'s Lanczos resize with the sampling grid moved by
+    each (dy, dx) of ``offsets``, in low-resolution pixels."""
+    from compare_methods import psnr_from_mse
+
+    factor = high_image.width / low.shape[1]
+    margin = int(np.ceil(factor))  # Pillow refuses a box that starts left of or above the image: pad it
+    padded = Image.new("RGBA", (high_image.width + 2 * margin, high_image.height + 2 * margin), (0, 0, 0, 0))
+    padded.paste(high_image.convert("RGBA"), (margin, margin))
+    scores: dict = {}
+    for dy, dx in offsets:
+        left, top = margin + dx * factor, margin + dy * factor
+        box = (left, top, left + high_image.width, top + high_image.height)
+        shifted = padded.resize((low.shape[1], low.shape[0]), Image.LANCZOS, box=box)
+        truth = composite_on_white(np.asarray(shifted, dtype=np.float64) / 255.0)
+        for label, (kernel, support) in interpolation_kernels().items():
+            guess = np.clip(interpolate(low, dy, dx, kernel, support), 0.0, 1.0)
+            scores.setdefault(label, []).append(psnr_from_mse(float(np.mean((guess - truth) ** 2))))
+    return scores
+
+
+def print_table(header: str, scores: dict, over: str = "the views") -> None:
+    print(f"| {header} | mean PSNR over {over} (dB) | lowest | highest |")
+    print("| --- | ---: | ---: | ---: |")
+    for label, values in scores.items():
+        print(f"| {label} | {np.mean(values):.2f} | {np.min(values):.2f} | {np.max(values):.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--low", type=Path, default=Path("../shared/data/lego_200"))
     parser.add_argument("--high", type=Path, default=Path("../shared/data/lego_800"))
     parser.add_argument("--split", default="test")
+    parser.add_argument("--sub-pixel", type=int, default=0, metavar="N",
+                        help="also score interpolated pixels at N random sub-pixel offsets per view (see above)")
+    parser.add_argument("--seed", type=int, default=0, help="of the sub-pixel offsets")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     from compare_methods import psnr_from_mse
@@ -82,6 +151,8 @@ def main() -> None:
     if not frames:
         sys.exit(f"{args.low / f'transforms_{args.split}.json'}: no frames")
     scores: dict = {}
+    sub_pixel: dict = {}
+    rng = np.random.default_rng(args.seed)
     not_lanczos = 0
     for frame in frames:
         name = frame["file_path"].removeprefix("./") + ".png"
@@ -97,13 +168,17 @@ def main() -> None:
         high = composite_on_white(np.asarray(high_image, dtype=np.float64) / 255.0)
         for label, image in samplings(high, factor).items():
             scores.setdefault(label, []).append(psnr_from_mse(float(np.mean((image - low) ** 2))))
+        if args.sub_pixel > 0:
+            offsets = rng.uniform(-0.5, 0.5, size=(args.sub_pixel, 2))
+            for label, values in sub_pixel_scores(high_image, low, offsets).items():
+                sub_pixel.setdefault(label, []).extend(values)
 
     print(f"{len(frames)} {args.split} views of {args.low} against {args.high} (factor {factor}); "
           f"{'all are' if not not_lanczos else f'{len(frames) - not_lanczos} are'} its Lanczos resize")  # fmt: skip
-    print("| a perfect model (the full-resolution image), rendered with | mean PSNR over the views (dB) | lowest | highest |")
-    print("| --- | ---: | ---: | ---: |")
-    for label, values in scores.items():
-        print(f"| {label} | {np.mean(values):.2f} | {np.min(values):.2f} | {np.max(values):.2f} |")
+    print_table("a perfect model (the full-resolution image), rendered with", scores)
+    if sub_pixel:
+        print(f"\nThe low-resolution image at {args.sub_pixel} random sub-pixel offsets per view")
+        print_table("its pixels interpolated to the offset by", sub_pixel, over="the views and offsets")
 
 
 if __name__ == "__main__":
