@@ -140,6 +140,8 @@ def main() -> None:
                         help="also score interpolated pixels at N random sub-pixel offsets per view (see above)")
     parser.add_argument("--seed", type=int, default=0, help="of the sub-pixel offsets")
     args = parser.parse_args()
+    if args.sub_pixel < 0:
+        sys.exit(f"--sub-pixel: offsets per view must be 0 or more, got {args.sub_pixel}")
     sys.path.insert(0, str(Path(__file__).parent))
     from compare_methods import psnr_from_mse
 
