@@ -36,6 +36,14 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+sys.path.insert(0, str(Path(__file__).parent))
+from compare_methods import psnr_from_mse  # noqa: E402
+
+
+def psnr(image: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR of ``image`` against ``reference``, both in [0, 1], scored as the harness scores."""
+    return psnr_from_mse(float(np.mean((image - reference) ** 2)))
+
 
 def composite_on_white(rgba: np.ndarray) -> np.ndarray:
     """RGBA in [0, 1] over a white background."""
@@ -106,8 +114,7 @@ def interpolate(image: np.ndarray, dy: float, dx: float, kernel, support: int) -
 def sub_pixel_scores(high_image: Image.Image, low: np.ndarray, offsets: np.ndarray) -> dict:
     """PSNR of each interpolation of ``low`` against ``high_image``'s Lanczos resize with the sampling grid moved by
     each (dy, dx) of ``offsets``, in low-resolution pixels."""
-    from compare_methods import psnr_from_mse
-
+    kernels = interpolation_kernels()
     factor = high_image.width / low.shape[1]
     margin = int(np.ceil(factor))  # Pillow refuses a box that starts left of or above the image: pad it
     padded = Image.new("RGBA", (high_image.width + 2 * margin, high_image.height + 2 * margin), (0, 0, 0, 0))
@@ -118,9 +125,9 @@ def sub_pixel_scores(high_image: Image.Image, low: np.ndarray, offsets: np.ndarr
         box = (left, top, left + high_image.width, top + high_image.height)
         shifted = padded.resize((low.shape[1], low.shape[0]), Image.LANCZOS, box=box)
         truth = composite_on_white(np.asarray(shifted, dtype=np.float64) / 255.0)
-        for label, (kernel, support) in interpolation_kernels().items():
+        for label, (kernel, support) in kernels.items():
             guess = np.clip(interpolate(low, dy, dx, kernel, support), 0.0, 1.0)
-            scores.setdefault(label, []).append(psnr_from_mse(float(np.mean((guess - truth) ** 2))))
+            scores.setdefault(label, []).append(psnr(guess, truth))
     return scores
 
 
@@ -142,8 +149,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.sub_pixel < 0:
         sys.exit(f"--sub-pixel: offsets per view must be 0 or more, got {args.sub_pixel}")
-    sys.path.insert(0, str(Path(__file__).parent))
-    from compare_methods import psnr_from_mse
 
     for folder in (args.low, args.high):
         if not (folder / f"transforms_{args.split}.json").is_file():
@@ -169,7 +174,7 @@ def main() -> None:
         low = composite_on_white(np.asarray(low_image, dtype=np.float64) / 255.0)
         high = composite_on_white(np.asarray(high_image, dtype=np.float64) / 255.0)
         for label, image in samplings(high, factor).items():
-            scores.setdefault(label, []).append(psnr_from_mse(float(np.mean((image - low) ** 2))))
+            scores.setdefault(label, []).append(psnr(image, low))
         if args.sub_pixel > 0:
             offsets = rng.uniform(-0.5, 0.5, size=(args.sub_pixel, 2))
             for label, values in sub_pixel_scores(high_image, low, offsets).items():
